@@ -1,0 +1,278 @@
+"""Image datasets (paper §4): raw-file loaders, per-image standardisation, seeded subsets, and on-device
+batching and augmentation.
+
+Host side (numpy): `load` reads the published files — MNIST / Fashion-MNIST IDX `.gz`, CIFAR-10/100 python
+pickles (extracted folder or the `.tar.gz` itself) — and standardises each image on its own; `subset` takes a
+seeded training subset. Device side (jax, pure, jit- and vmap-able): `draw_batch` and `augment` draw a
+minibatch and its augmentation from a PRNG key inside the compiled training step.
+
+Files are looked up under `data.root`, `$WARMUP_DATA_DIR` (or its `<name>/`), `/usr/share/datasets/<name>`
+and `~/.cache/warmup/<name>`; if none holds them and the network is reachable, the official files are
+downloaded into `data.root` (or `~/.cache/warmup/<name>`).
+"""
+
+import gzip
+import io
+import os
+import pathlib
+import pickle
+import socket
+import tarfile
+import urllib.parse
+import urllib.request
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+ENV_VAR = "WARMUP_DATA_DIR"
+SYSTEM_DIR = pathlib.Path("/usr/share/datasets")
+_SYSTEM_NAMES = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10", "cifar100": "cifar-100"}
+_URLS = {
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/",
+}
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX_MAGIC = {2051: 3, 2049: 1}  # unsigned-byte images (N, H, W) and labels (N,)
+_TIMEOUT_S = 5  # connect / per-read timeout for the network check and downloads
+
+
+class _Cifar(NamedTuple):
+    archive: str  # the published .tar.gz
+    folder: str  # the folder it extracts to
+    train: tuple[str, ...]
+    test: str
+    label_key: bytes
+    num_classes: int
+
+
+_CIFAR = {
+    "cifar10": _Cifar("cifar-10-python.tar.gz", "cifar-10-batches-py",
+                      tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10),
+    "cifar100": _Cifar("cifar-100-python.tar.gz", "cifar-100-python", ("train",), "test", b"fine_labels", 100),
+}
+
+
+class Dataset(NamedTuple):
+    """Host-side numpy arrays; images (N, H, W, C) float32, each standardised on its own; labels (N,) int32."""
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset's files are in none of the searched folders and could not be downloaded."""
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name}: unknown; allowed: {', '.join(DATASETS)}")
+
+
+# ---- locating and downloading the files ---------------------------------------------------------------------
+
+def _source(name: str, folder: pathlib.Path) -> pathlib.Path | None:
+    """What `load` reads in `folder`: the folder of IDX files, a CIFAR batch folder or archive; None if absent."""
+    if name not in _CIFAR:
+        return folder if all((folder / f).is_file() for f in _IDX_FILES) else None
+    c = _CIFAR[name]
+    for batches in (folder / c.folder, folder):
+        if all((batches / f).is_file() for f in (*c.train, c.test)):
+            return batches
+    return folder / c.archive if (folder / c.archive).is_file() else None
+
+
+def _required(name: str) -> str:
+    if name not in _CIFAR:
+        return ", ".join(_IDX_FILES)
+    c = _CIFAR[name]
+    return f"{c.archive} (or its extracted {c.folder}/ with {', '.join((*c.train, c.test))})"
+
+
+def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
+    given = [pathlib.Path(d).expanduser() for d in (root, os.environ.get(ENV_VAR)) if d]
+    return [*(p for d in given for p in (d, d / name)),
+            SYSTEM_DIR / _SYSTEM_NAMES[name], pathlib.Path.home() / ".cache" / "warmup" / name]
+
+
+def _online(url: str) -> bool:
+    """Whether the download host accepts a connection within the timeout."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 _TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download(name: str, dest: pathlib.Path) -> None:
+    """Fetch the official files into `dest`; each is written to a temporary name, then renamed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in (_CIFAR[name].archive,) if name in _CIFAR else _IDX_FILES:
+        tmp = dest / f"{file}.part"
+        with urllib.request.urlopen(_URLS[name] + file, timeout=_TIMEOUT_S) as response, open(tmp, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dest / file)
+
+
+def find_root(name: str, root: str | None) -> pathlib.Path:
+    """The first folder holding `name`'s files (search order in the module docstring), downloading if needed."""
+    _check_name(name)
+    folders = _candidates(name, root)
+    for folder in folders:
+        if _source(name, folder) is not None:
+            return folder
+    dest = pathlib.Path(root).expanduser() if root else folders[-1]
+    problem = "and the download host is unreachable"
+    if _online(_URLS[name]):
+        try:
+            _download(name, dest)
+            if _source(name, dest) is not None:
+                return dest
+            problem = f"and the download into {dest} did not produce them"
+        except OSError as err:
+            problem = f"and the download into {dest} failed ({' '.join(str(err).split())})"
+    raise DataNotFoundError(
+        f"{name}: need {_required(name)} in one of {', '.join(map(str, folders))} "
+        f"(set data.root or ${ENV_VAR} to the folder holding them) {problem}")
+
+
+# ---- reading the raw files ----------------------------------------------------------------------------------
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+    """An unsigned-byte IDX array: big-endian magic (2051 images, 2049 labels), then one uint32 per dimension."""
+    raw = gzip.decompress(path.read_bytes())
+    magic = int.from_bytes(raw[:4], "big")
+    if magic not in _IDX_MAGIC:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic}, expected 2051 or 2049)")
+    ndim = _IDX_MAGIC[magic]
+    shape = tuple(np.frombuffer(raw, ">u4", ndim, offset=4).astype(int))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_idx(folder: pathlib.Path):
+    x_train, y_train, x_test, y_test = (_read_idx(folder / f) for f in _IDX_FILES)
+    return x_train[..., None], y_train, x_test[..., None], y_test, 10
+
+
+def _load_cifar(name: str, source: pathlib.Path):
+    """CIFAR pickles: b'data' (N, 3072) uint8, each row the R, G, B planes of a 32×32 image, row-major."""
+    c = _CIFAR[name]
+    if source.is_dir():
+        batches = {f: pickle.loads((source / f).read_bytes(), encoding="bytes") for f in (*c.train, c.test)}
+    else:
+        with tarfile.open(source) as tar:
+            batches = {f: pickle.load(io.BytesIO(tar.extractfile(f"{c.folder}/{f}").read()), encoding="bytes")
+                       for f in (*c.train, c.test)}
+
+    def arrays(files):
+        x = np.concatenate([np.asarray(batches[f][b"data"], np.uint8) for f in files])
+        y = np.concatenate([np.asarray(batches[f][c.label_key]) for f in files])
+        return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+    return *arrays(c.train), *arrays((c.test,)), c.num_classes
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    """Each image minus its own mean, over its own std across all pixels and channels, as float32.
+
+    The std is floored at 1/√(pixels·channels) (as tf.image.per_image_standardization), so a constant image
+    becomes all zeros instead of NaN.
+    """
+    x = x.astype(np.float32)
+    axes = tuple(range(1, x.ndim))
+    x -= x.mean(axes, keepdims=True)
+    x /= np.maximum(x.std(axes, keepdims=True), 1 / np.sqrt(np.prod(x.shape[1:])))
+    return x
+
+
+def load(name: str, root: str | None = None) -> Dataset:
+    """The full train and test sets of `name` (one of DATASETS), per-image standardised."""
+    folder = find_root(name, root)
+    source = _source(name, folder)
+    x_train, y_train, x_test, y_test, k = _load_cifar(name, source) if name in _CIFAR else _load_idx(source)
+    return Dataset(standardize(x_train), y_train.astype(np.int32), standardize(x_test), y_test.astype(np.int32), k)
+
+
+def subset(x: np.ndarray, y: np.ndarray, num_examples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `num_examples` of the permutation `np.random.default_rng(seed).permutation(len(x))`.
+
+    None keeps all examples in their original order. The subset depends only on (len(x), num_examples, seed).
+    """
+    if num_examples is None:
+        return x, y
+    if not 1 <= num_examples <= len(x):
+        raise ValueError(f"data.num_examples={num_examples}: must be in [1, {len(x)}] (or null = all)")
+    keep = np.random.default_rng(seed).permutation(len(x))[:num_examples]
+    return x[keep], y[keep]
+
+
+def one_hot(y, num_classes: int):
+    """float32 one-hot targets (…, num_classes); numpy in, numpy out; jax in, jax out."""
+    xp = jnp if isinstance(y, jax.Array) else np
+    return (xp.asarray(y)[..., None] == xp.arange(num_classes)).astype(xp.float32)
+
+
+# ---- device side: pure functions of a PRNG key, traced into the training step -------------------------------
+
+def draw_batch(key: jax.Array, x: jax.Array, y: jax.Array, batch_size: int | None) -> tuple[jax.Array, jax.Array]:
+    """`batch_size` distinct examples drawn uniformly, independently of other steps; None = the full batch.
+
+    The indices are the top-`batch_size` of N uniform keys: O(N), and at N = 50 000 about 60× faster on CPU
+    than `jax.random.permutation(key, N)[:B]` (a full sort; what `jax.random.choice(replace=False)` does).
+    Indices are always distinct; float32 keys can tie, and a tie exactly at the cut (rare) is broken by index.
+    """
+    if batch_size is None:
+        return x, y
+    if batch_size > x.shape[0]:
+        raise ValueError(f"data.batch_size={batch_size}: must be <= the {x.shape[0]} training examples")
+    idx = jax.lax.top_k(jax.random.uniform(key, (x.shape[0],)), batch_size)[1]
+    return x[idx], y[idx]
+
+
+def _flip(key, x):
+    mirror = jax.random.bernoulli(key, 0.5, (x.shape[0], 1, 1, 1))
+    return jnp.where(mirror, x[:, :, ::-1], x)
+
+
+def _crop(key, x, pad):
+    """Zero-pad each side by `pad` (0 is the mean after standardisation), then cut an H×W window per image."""
+    n, h, w, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    corners = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
+    cut = lambda img, ij: jax.lax.dynamic_slice(img, (ij[0], ij[1], 0), (h, w, c))
+    return jax.vmap(cut)(padded, corners)
+
+
+def _mixup(key, x, y, alpha):
+    """One weight λ ~ Beta(α, α) for the batch; each example mixed with one of a random permutation."""
+    lam_key, perm_key = jax.random.split(key)
+    lam = jax.random.beta(lam_key, alpha, alpha)
+    perm = jax.random.permutation(perm_key, x.shape[0])
+    mix = lambda a: lam * a + (1 - lam) * a[perm]
+    return mix(x), mix(y)
+
+
+def augment(key: jax.Array, x: jax.Array, y: jax.Array, *, flip: bool, crop: int, mixup_alpha: float):
+    """Random horizontal flip, `crop`-pixel pad-and-crop, then mixup, each off when False / 0 / <= 0.
+
+    The switches are static: they choose code paths when traced, and all off returns (x, y) unchanged.
+    `y` are float targets (one-hot), mixed together with the images.
+    """
+    flip_key, crop_key, mixup_key = jax.random.split(key, 3)
+    if flip:
+        x = _flip(flip_key, x)
+    if crop > 0:
+        x = _crop(crop_key, x, crop)
+    if mixup_alpha > 0:
+        x, y = _mixup(mixup_key, x, y, mixup_alpha)
+    return x, y

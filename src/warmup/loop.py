@@ -1,0 +1,219 @@
+"""The compiled training loop (design §2).
+
+Everything that happens per step — batch draw, augmentation, forward/backward, optimiser update, η_t, sharpness,
+test evaluation and the divergence decision — runs inside one `lax.scan` chunk; the host only sees a chunk's metric
+arrays. Where η_t is computed: `schedules.learning_rate` inside `_train_step`. Where λᴴ is measured: `_measure`.
+Where a run's status is decided: the `frozen` / `diverged_step` fields here, and `run_status` for the end of a run.
+"""
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from warmup import curvature, data, schedules
+from warmup.losses import correct
+from warmup.optim import adam_moments
+
+
+class Arrays(NamedTuple):
+    """Device-resident data, passed as arguments (not closed over) so it is never baked into the program."""
+    x_train: jax.Array
+    y_train: jax.Array  # one-hot targets
+    x_measure: jax.Array  # the measurement batch for λᴴ (training set when full-batch)
+    y_measure: jax.Array
+    x_test: jax.Array  # padded to whole evaluation batches
+    y_test: jax.Array
+    w_test: jax.Array  # 1 for real examples, 0 for padding
+
+
+class LoopState(NamedTuple):
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array  # index t of the next update
+    frozen: jax.Array  # diverged: parameters are no longer updated
+    diverged_step: jax.Array  # -1 while the run is healthy
+    eigvec: jax.Array  # warm start for λᴴ
+    pre_eigvec: jax.Array  # warm start for λ^{P⁻¹H}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Static choices: they select code paths at trace time (changing them recompiles)."""
+    optimizer: str
+    momentum: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    batch_size: int | None = None
+    flip: bool = False
+    crop: int = 0
+    mixup_alpha: float = 0.0
+    sharpness_every: int = 0
+    sharpness_method: str = "lanczos"
+    sharpness_max_iters: int = 20
+    sharpness_tol: float = 1e-3
+    eval_every: int = 0
+    eval_batch: int = 1000
+    chunk_steps: int = 100
+
+    @property
+    def preconditioned(self) -> bool:
+        return self.optimizer != "sgd"
+
+
+def mean_loss(apply_fn, loss_fn, params, x, y):
+    """Mean loss and logits of a batch."""
+    logits = apply_fn({"params": params}, x)
+    return jnp.mean(loss_fn(logits, y)), logits
+
+
+def pad_for_eval(x, y, eval_batch: int):
+    """Pad (x, y) to whole evaluation batches; the weights mark the real examples."""
+    n = x.shape[0]
+    pad = (-n) % eval_batch
+    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    pad_rows = lambda a: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+    return pad_rows(x), pad_rows(y), weights
+
+
+def evaluate(apply_fn, loss_fn, params, x, y, w, eval_batch: int):
+    """Weighted mean loss and accuracy over a padded set, one evaluation batch at a time."""
+    shape = lambda a: a.reshape((-1, eval_batch) + a.shape[1:])
+
+    def batch_sums(batch):
+        xb, yb, wb = batch
+        logits = apply_fn({"params": params}, xb)
+        return jnp.sum(wb * loss_fn(logits, yb)), jnp.sum(wb * correct(logits, yb))
+
+    loss_sum, correct_sum = lax.map(batch_sums, (shape(x), shape(y), shape(w)))
+    total = jnp.sum(w)
+    return jnp.sum(loss_sum) / total, jnp.sum(correct_sum) / total
+
+
+def _measure(cfg: LoopConfig, measure_loss, params, v0, precond=None):
+    solver = dict(method=cfg.sharpness_method, max_iters=cfg.sharpness_max_iters, tol=cfg.sharpness_tol)
+    if precond is None:
+        return curvature.sharpness(measure_loss, params, v0, **solver)
+    return curvature.preconditioned_sharpness(measure_loss, params, precond, v0, **solver)
+
+
+def _skipped(v0):
+    nan = jnp.array(jnp.nan, v0.dtype)
+    return curvature.EigResult(nan, v0, jnp.array(0, jnp.int32), nan)
+
+
+def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation):
+    """A jitted `chunk(state, sched, arrays, loss_bound, total_steps) -> (state, metrics)` of `cfg.chunk_steps` steps.
+
+    Steps past `total_steps` or after divergence are no-ops whose metric rows carry `valid = False`.
+    """
+
+    def train_step(state: LoopState, sched, arrays: Arrays, loss_bound, total_steps):
+        key, batch_key, aug_key = jax.random.split(state.key, 3)
+        x, y = data.draw_batch(batch_key, arrays.x_train, arrays.y_train, cfg.batch_size)
+        x, y = data.augment(aug_key, x, y, flip=cfg.flip, crop=cfg.crop, mixup_alpha=cfg.mixup_alpha)
+        (loss, logits), grads = jax.value_and_grad(
+            lambda p: mean_loss(apply_fn, loss_fn, p, x, y), has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = schedules.learning_rate(state.step, sched)
+
+        live = (~state.frozen) & (state.step < total_steps)
+        bad = ~jnp.isfinite(loss) | (loss > loss_bound)
+        apply = live & ~bad
+
+        measure_loss = lambda p: mean_loss(apply_fn, loss_fn, p, arrays.x_measure, arrays.y_measure)[0]
+        nan = jnp.array(jnp.nan, jnp.float32)
+        metrics = {}
+        eig, pre_eig = _skipped(state.eigvec), _skipped(state.pre_eigvec)
+        if cfg.sharpness_every > 0:
+            due = live & (state.step % cfg.sharpness_every == 0)
+            eig = lax.cond(due, lambda: _measure(cfg, measure_loss, state.params, state.eigvec),
+                           lambda: _skipped(state.eigvec))
+            if cfg.preconditioned:
+                moments = adam_moments(opt_state)  # after this step's update: count = t+1, nu = v_{t+1}
+                precond = curvature.adam_preconditioner(moments.count, moments.nu, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+                pre_eig = lax.cond(due, lambda: _measure(cfg, measure_loss, state.params, state.pre_eigvec, precond),
+                                   lambda: _skipped(state.pre_eigvec))
+        sharp_thr, pre_thr = curvature.thresholds(lr, optimizer=cfg.optimizer, momentum=cfg.momentum, b1=cfg.b1)
+        iterations = lambda e: jnp.where(jnp.isnan(e.value), jnp.nan, e.iterations.astype(jnp.float32))
+        metrics.update(
+            sharpness=eig.value, sharpness_iters=iterations(eig), sharpness_residual=eig.residual,
+            sharpness_threshold=sharp_thr,
+            pre_sharpness=pre_eig.value if cfg.preconditioned else nan,
+            pre_sharpness_threshold=pre_thr,
+            pre_sharpness_iters=iterations(pre_eig), pre_sharpness_residual=pre_eig.residual,
+        )
+        if cfg.eval_every > 0:
+            due = live & (state.step % cfg.eval_every == 0)
+            test_loss, test_acc = lax.cond(
+                due,
+                lambda: evaluate(apply_fn, loss_fn, state.params, arrays.x_test, arrays.y_test, arrays.w_test,
+                                 cfg.eval_batch),
+                lambda: (nan, nan))
+        else:
+            test_loss = test_acc = nan
+        metrics.update(
+            step=state.step, lr=lr, train_loss=loss, train_acc=jnp.mean(correct(logits, y)),
+            grad_norm=optax.global_norm(grads), test_loss=test_loss, test_acc=test_acc, valid=live,
+        )
+        select = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+        new_params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+        state = LoopState(
+            params=select(new_params, state.params),
+            opt_state=select(opt_state, state.opt_state),
+            key=key,
+            step=state.step + apply.astype(state.step.dtype),
+            frozen=state.frozen | (live & bad),
+            diverged_step=jnp.where(live & bad, state.step, state.diverged_step),
+            eigvec=eig.vector,
+            pre_eigvec=pre_eig.vector,
+        )
+        return state, metrics
+
+    @jax.jit
+    def chunk(state, sched, arrays, loss_bound, total_steps):
+        return lax.scan(lambda s, _: train_step(s, sched, arrays, loss_bound, total_steps), state, None,
+                        length=cfg.chunk_steps)
+
+    return chunk
+
+
+def init_state(params, opt_state, key, eigvec) -> LoopState:
+    """A fresh loop state; `eigvec` is the λ₀ᴴ eigenvector (the first warm start)."""
+    flat, _ = ravel_pytree(params)
+    pre_key, key = jax.random.split(key)
+    pre_eigvec = jax.random.normal(pre_key, flat.shape, flat.dtype)
+    return LoopState(params, opt_state, key, jnp.array(0, jnp.int32), jnp.array(False), jnp.array(-1, jnp.int32),
+                     eigvec, pre_eigvec / jnp.linalg.norm(pre_eigvec))
+
+
+def run(chunk_fn, state: LoopState, sched, arrays: Arrays, *, loss_bound: float, total_steps: int,
+        progress: Callable[[int, dict, float], None] | None = None) -> Iterator[tuple[LoopState, dict]]:
+    """Train chunk by chunk; yield the state and the chunk's valid metric rows (numpy) after each."""
+    while True:
+        start = time.perf_counter()
+        state, metrics = chunk_fn(state, sched, arrays, jnp.float32(loss_bound), jnp.int32(total_steps))
+        metrics = jax.device_get(metrics)
+        valid = metrics.pop("valid")
+        rows = {name: np.asarray(values)[valid] for name, values in metrics.items()}
+        if progress is not None:
+            progress(int(valid.sum()), rows, time.perf_counter() - start)
+        yield state, rows
+        if bool(state.frozen) or int(state.step) >= total_steps:
+            return
+
+
+def run_status(frozen: bool, final_train_acc: float, num_classes: int) -> str:
+    """diverged (non-finite or exploding loss), failed (final train accuracy < 1.5 × chance), else converged."""
+    if frozen:
+        return "diverged"
+    if not np.isfinite(final_train_acc) or final_train_acc < 1.5 / num_classes:
+        return "failed"
+    return "converged"

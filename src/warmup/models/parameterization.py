@@ -1,0 +1,154 @@
+"""Standard (SP) and maximal-update (μP) parameterisations, paper §3.
+
+Every weight layer is a `Dense` or `Conv` from this module; both compute `multiplier · (x ⊛ W) + b`,
+with the kernel initialiser and the forward multiplier set by the parameterisation and the layer's kind.
+A layer's kind comes from its module name alone: "input" or "stem" is the input layer, "readout" the
+readout, any other name a hidden layer; LayerNorm parameters are kind "norm". `layer_kinds` and
+`adam_lr_multipliers` read the same names back from a parameter tree.
+
+    kind     σ_w²   SP: Var(W), multiplier    μP: Var(W), multiplier
+    input    2      σ_w²/fan_in,  1           σ_w²/fan_out, √(fan_out/fan_in)
+    hidden   2      σ_w²/fan_in,  1           σ_w²/fan_out, √(fan_out/fan_in)
+    readout  1      σ_w²/fan_in,  1           σ_w²/fan_in,  1/√fan_in
+
+Kernels are (*window, C_in, C_out), so fan_in = k²·C_in and fan_out = k²·C_out for a k×k convolution.
+Kernels are truncated normal (at ±2 std) with exactly the variance above; biases start at zero and are
+added after the multiplier.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+PARAMETERIZATIONS = ("sp", "mup")
+INPUT_NAMES = ("input", "stem")
+READOUT_NAME = "readout"
+
+
+def check_parameterization(param: str) -> None:
+    if param not in PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {param!r}; allowed: {', '.join(PARAMETERIZATIONS)}")
+
+
+def layer_kind(name: str) -> str:
+    """'input' | 'hidden' | 'readout' of a weight layer, from its module name."""
+    if name in INPUT_NAMES:
+        return "input"
+    return "readout" if name == READOUT_NAME else "hidden"
+
+
+def fans(kernel_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(fan_in, fan_out) of a (*window, C_in, C_out) kernel."""
+    receptive_field = math.prod(kernel_shape[:-2])
+    return receptive_field * kernel_shape[-2], receptive_field * kernel_shape[-1]
+
+
+def kernel_init(param: str, kind: str) -> Callable:
+    check_parameterization(param)
+    gain = 1.0 if kind == "readout" else 2.0
+    mode = "fan_out" if param == "mup" and kind != "readout" else "fan_in"
+    # variance_scaling rescales its truncated normal so that the variance is exactly gain / fan.
+    return jax.nn.initializers.variance_scaling(gain, mode, "truncated_normal")
+
+
+def forward_multiplier(param: str, kind: str, fan_in: int, fan_out: int) -> float:
+    check_parameterization(param)
+    if param == "sp":
+        return 1.0
+    if kind == "readout":
+        return fan_in**-0.5
+    return math.sqrt(fan_out / fan_in)
+
+
+def adam_lr_multiplier(kind: str, fan_in: int, fan_out: int) -> float:
+    """Full-μP Adam learning-rate factor of a kernel, as stated in the paper (§3)."""
+    return {"input": fan_out**-0.5, "hidden": fan_in**-0.5, "readout": 1.0 / fan_in}[kind]
+
+
+class _Scaled(nn.Module):
+    """The one SP/μP mechanism, `multiplier · (x ⊛ W) + b`; subclasses define the window and ⊛."""
+
+    features: int
+    parameterization: str
+    param_dtype: jnp.dtype = jnp.float32
+
+    def window(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def project(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kind = layer_kind(self.name)
+        shape = (*self.window(), x.shape[-1], self.features)
+        init = kernel_init(self.parameterization, kind)
+        kernel = self.param("kernel", init, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        # Compute in the widest dtype present (float64 params/inputs stay float64).
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        multiplier = forward_multiplier(self.parameterization, kind, *fans(shape))
+        return multiplier * self.project(x, kernel) + bias
+
+
+class Dense(_Scaled):
+    def window(self) -> tuple[int, ...]:
+        return ()
+
+    def project(self, x, kernel):
+        return x @ kernel
+
+
+class Conv(_Scaled):
+    """k×k convolution of NHWC inputs, SAME padding."""
+
+    kernel_size: int = 3
+    strides: int = 1
+
+    def window(self) -> tuple[int, ...]:
+        return (self.kernel_size, self.kernel_size)
+
+    def project(self, x, kernel):
+        return jax.lax.conv_general_dilated(
+            x, kernel, (self.strides, self.strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+
+def _map_leaves(fn: Callable[[str, str, tuple[int, ...] | None], object], params):
+    """fn(kind, leaf_name, kernel_shape) on every leaf; kernel_shape is the leaf's layer's, None for norms."""
+    flat = traverse_util.flatten_dict(params)
+
+    def apply(path):
+        module, leaf = path[:-1], path[-1]
+        if (*module, "kernel") in flat:
+            return fn(layer_kind(module[-1]), leaf, flat[(*module, "kernel")].shape)
+        if (*module, "scale") in flat:
+            return fn("norm", leaf, None)
+        raise ValueError(f"cannot tell the layer kind of parameter {'/'.join(path)}")
+
+    return traverse_util.unflatten_dict({path: apply(path) for path in flat})
+
+
+def layer_kinds(params):
+    """'input' | 'hidden' | 'readout' | 'norm' per leaf of `params`."""
+    return _map_leaves(lambda kind, leaf, shape: kind, params)
+
+
+def adam_lr_multipliers(params, param: str, full_mup: bool):
+    """Per-leaf Adam learning-rate factors: all ones, except kernels under full μP.
+
+    Biases and LayerNorm parameters keep factor 1 under full μP too: they are vector-like (one entry per
+    unit, added after the multiplier), and μP gives vector-like parameters a width-independent Adam
+    learning rate.
+    """
+    check_parameterization(param)
+    scale_kernels = param == "mup" and full_mup
+
+    def factor(kind, leaf, kernel_shape):
+        return adam_lr_multiplier(kind, *fans(kernel_shape)) if scale_kernels and leaf == "kernel" else 1.0
+
+    return _map_leaves(factor, params)

@@ -1,0 +1,260 @@
+"""Hydra entry point: compose → validate → build → run → record.   python -m warmup.train [overrides]
+
+The only module that reads the Hydra config; everything below it takes explicit arguments.
+"""
+import logging
+import math
+import pathlib
+import re
+import sys
+import time
+from typing import Any, NamedTuple
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from jax.flatten_util import ravel_pytree
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from warmup import curvature, data, loop, losses, models, optim, records, schedules
+
+CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: its message is the one line the user sees."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject bad values before any data is read or any step is taken; each message names the key."""
+    s = cfg.schedule
+    given = [k for k in ("lr_trgt", "lr_trgt_scale") if s[k] is not None]
+    _require(len(given) == 1, "schedule.lr_trgt / schedule.lr_trgt_scale: give exactly one "
+             f"(got {'both' if given else 'neither'}): lr_trgt is absolute η_trgt > 0, lr_trgt_scale is c > 0 in "
+             "η_trgt = c/λ₀ᴴ")
+    for key in given:
+        _require(s[key] > 0, f"schedule.{key}={s[key]}: must be > 0")
+    _require(s.lr_init >= 0, f"schedule.lr_init={s.lr_init}: must be >= 0")
+    _require(isinstance(s.warmup_steps, int) and s.warmup_steps >= 1,
+             f"schedule.warmup_steps={s.warmup_steps}: must be an integer >= 1 (1 = no warmup)")
+    _require(s.exponent > 0, f"schedule.exponent={s.exponent}: must be > 0")
+    _require(s.decay_power >= 0, f"schedule.decay_power={s.decay_power}: must be >= 0")
+    _require(0 <= s.lr_min_ratio <= 1, f"schedule.lr_min_ratio={s.lr_min_ratio}: must be in [0, 1]")
+    t = cfg.train
+    _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
+    _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
+             f"train.chunk_steps={t.chunk_steps}: must be an integer >= 1")
+    _require(isinstance(t.eval_every, int) and t.eval_every >= 0,
+             f"train.eval_every={t.eval_every}: must be an integer >= 0 (0 = only at the end)")
+    _require(t.divergence_factor > 1, f"train.divergence_factor={t.divergence_factor}: must be > 1")
+    d = cfg.data
+    _require(d.num_examples is None or (isinstance(d.num_examples, int) and d.num_examples >= 1),
+             f"data.num_examples={d.num_examples}: must be an integer >= 1 or null (all)")
+    _require(d.batch_size is None or (isinstance(d.batch_size, int) and d.batch_size >= 1),
+             f"data.batch_size={d.batch_size}: must be an integer >= 1 or null (full batch)")
+    if d.batch_size is not None and d.num_examples is not None:
+        _require(d.batch_size <= d.num_examples,
+                 f"data.batch_size={d.batch_size}: must be <= data.num_examples={d.num_examples} (or null = full batch)")
+    _require(d.augment.crop >= 0, f"data.augment.crop={d.augment.crop}: must be >= 0 pixels")
+    _require(d.measure_examples >= 1, f"data.measure_examples={d.measure_examples}: must be >= 1")
+    h = cfg.sharpness
+    _require(h.method in curvature.METHODS,
+             f"sharpness.method={h.method}: unknown; allowed: {', '.join(curvature.METHODS)}")
+    _require(isinstance(h.every, int) and h.every >= 0, f"sharpness.every={h.every}: must be an integer >= 0 (0 = off)")
+    _require(h.max_iters >= 1 and h.init_max_iters >= 1, "sharpness.max_iters / sharpness.init_max_iters: must be >= 1")
+
+
+class Built(NamedTuple):
+    """Plain objects built from a config: everything `execute` needs to train."""
+    dataset: data.Dataset
+    arrays: loop.Arrays
+    model: Any
+    params: Any
+    tx: Any
+    loss_fn: Any
+    loop_cfg: loop.LoopConfig
+    key: jax.Array
+
+
+def build(cfg: DictConfig) -> Built:
+    """Data on the device, the model and its initial parameters, the optimiser, the loop's static choices."""
+    d = cfg.data
+    dataset = data.load(d.name, d.root)
+    x_train, y_train = data.subset(dataset.x_train, dataset.y_train, d.num_examples, cfg.seed)
+    if d.batch_size is not None:
+        _require(d.batch_size <= len(x_train),
+                 f"data.batch_size={d.batch_size}: must be <= the {len(x_train)} training examples (or null)")
+    k = dataset.num_classes
+    y_train = data.one_hot(y_train, k)
+    x_measure, y_measure = (x_train, y_train) if d.batch_size is None else (
+        x_train[:d.measure_examples], y_train[:d.measure_examples])
+    x_test, y_test, w_test = loop.pad_for_eval(dataset.x_test, data.one_hot(dataset.y_test, k), cfg.train.eval_batch)
+    arrays = loop.Arrays(*(jnp.asarray(a) for a in (x_train, y_train, x_measure, y_measure, x_test, y_test, w_test)))
+
+    model = models.build_model(cfg.model.name, param=cfg.param.name, num_classes=k,
+                               width=cfg.model.width, depth=cfg.model.depth)
+    init_key, loop_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    params = model.init(init_key, arrays.x_train[:1])["params"]
+    o = cfg.optimizer
+    multipliers = models.adam_lr_multipliers(params, cfg.param.name, cfg.param.full_mup) if o.name != "sgd" else None
+    hyper = dict(momentum=o.momentum) if o.name == "sgd" else dict(b1=o.b1, b2=o.b2, eps=o.eps)
+    tx = optim.build_optimizer(o.name, seed=cfg.seed, lr_multipliers=multipliers, **hyper)
+    h, a = cfg.sharpness, d.augment
+    loop_cfg = loop.LoopConfig(
+        optimizer=o.name, **hyper, batch_size=d.batch_size, flip=a.flip, crop=a.crop, mixup_alpha=a.mixup_alpha,
+        sharpness_every=h.every, sharpness_method=h.method, sharpness_max_iters=h.max_iters, sharpness_tol=h.tol,
+        eval_every=cfg.train.eval_every, eval_batch=cfg.train.eval_batch,
+        chunk_steps=min(cfg.train.chunk_steps, cfg.train.steps))
+    return Built(dataset, arrays, model, params, tx, losses.get(cfg.loss.name), loop_cfg, loop_key)
+
+
+def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curvature.EigResult:
+    """λ₀ᴴ: a tight solve on the measurement batch at initialisation (it sets η_trgt = c/λ₀ᴴ)."""
+    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    flat, _ = ravel_pytree(b.params)
+    v0 = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
+    solve = jax.jit(lambda p, v: curvature.sharpness(measure_loss, p, v, method=method, max_iters=max_iters, tol=tol))
+    return solve(b.params, v0)
+
+
+def _nan_to_none(x) -> float | None:
+    x = float(x)
+    return None if not math.isfinite(x) else x
+
+
+def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
+    """Train one run into `run_dir`; a run already finished there is not redone."""
+    if records.is_finished(run_dir):
+        print(f"{run_dir}: already finished ({records.read_summary(run_dir)['status']}), skipped")
+        return records.read_summary(run_dir)
+    start = time.perf_counter()
+    validate(cfg)
+    b = build(cfg)
+    h, s = cfg.sharpness, cfg.schedule
+    eig0 = initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
+    lambda0 = float(eig0.value)
+    lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / lambda0
+    _require(math.isfinite(lr_trgt) and lr_trgt > 0,
+             f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid η_trgt")
+    steps = cfg.train.steps
+    sched = schedules.schedule_params(
+        lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init, exponent=s.exponent,
+        decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    summary = dict(status="running", lambda0=lambda0, lr_trgt=lr_trgt, lr_trgt_scale=s.lr_trgt_scale,
+                   warmup_steps=s.warmup_steps, steps_completed=0, diverged_step=None,
+                   num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
+                   measure_examples=int(b.arrays.x_measure.shape[0]))
+    records.write_summary(run_dir, summary)
+
+    chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx)
+    state = loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector)
+    first_loss = loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure, b.arrays.y_measure)[0]
+    bar = tqdm(total=steps, unit="step", disable=None if cfg.train.progress else True, dynamic_ncols=True, leave=False)
+
+    def progress(n, rows, seconds):
+        bar.update(n)
+        if n:
+            bar.set_postfix(loss=f"{rows['train_loss'][-1]:.4g}", lr=f"{rows['lr'][-1]:.3g}")
+
+    chunks = []
+    for state, rows in loop.run(chunk_fn, state, sched, b.arrays, loss_bound=cfg.train.divergence_factor *
+                                float(first_loss), total_steps=steps, progress=progress):
+        chunks.append(pd.DataFrame(rows))
+        records.write_metrics(run_dir, pd.concat(chunks, ignore_index=True))
+        records.write_summary(run_dir, {**summary, "steps_completed": int(state.step)})
+    bar.close()
+
+    frozen = bool(state.frozen)
+    metrics = pd.concat(chunks, ignore_index=True)
+    if frozen:
+        final_train_loss, final_train_acc = metrics.train_loss.iloc[-1], metrics.train_acc.iloc[-1]
+        final_test_loss = final_test_acc = float("nan")
+    else:
+        x_train_eval = loop.pad_for_eval(np.asarray(b.arrays.x_train), np.asarray(b.arrays.y_train),
+                                         cfg.train.eval_batch)
+        evaluate = jax.jit(lambda p, x, y, w: loop.evaluate(b.model.apply, b.loss_fn, p, x, y, w,
+                                                            cfg.train.eval_batch))
+        final_train_loss, final_train_acc = map(float, evaluate(state.params, *x_train_eval))
+        final_test_loss, final_test_acc = map(float, evaluate(state.params, b.arrays.x_test, b.arrays.y_test,
+                                                             b.arrays.w_test))
+        final_row = dict(step=steps, train_loss=final_train_loss, train_acc=final_train_acc,
+                         test_loss=final_test_loss, test_acc=final_test_acc)
+        metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
+        records.write_metrics(run_dir, metrics)
+    status = loop.run_status(frozen, float(final_train_acc), b.dataset.num_classes)
+    summary.update(
+        status=status, steps_completed=int(state.step),
+        diverged_step=int(state.diverged_step) if frozen else None,
+        final_train_loss=_nan_to_none(final_train_loss), final_train_acc=_nan_to_none(final_train_acc),
+        final_test_loss=_nan_to_none(final_test_loss), final_test_acc=_nan_to_none(final_test_acc),
+        best_test_acc=_nan_to_none(metrics.test_acc.max()) if metrics.test_acc.notna().any() else None,
+        wall_time_s=time.perf_counter() - start)
+    records.write_summary(run_dir, summary)
+    print(f"{run_dir}: {status} after {summary['steps_completed']} steps, λ₀ᴴ = {lambda0:.4g}, "
+          f"η_trgt = {lr_trgt:.4g}, final train loss {final_train_loss:.4g}, test acc {final_test_acc:.4f}")
+    return summary
+
+
+def _quiet_jax_logs() -> None:
+    """Hydra routes INFO logs to the console; JAX's backend probing (no TPU found, ...) is noise there."""
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    _quiet_jax_logs()
+    try:
+        execute(cfg, pathlib.Path(HydraConfig.get().runtime.output_dir))
+    except (ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose the config once before Hydra does, so an unknown option or key is one line, not a traceback."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")]
+    for override in plain:
+        key, _, value = override.lstrip("+~").partition("=")
+        if (CONFIG_DIR / key).is_dir() and value not in _group_options(key):
+            _fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name="train", overrides=plain)
+    except (HydraException, OmegaConfBaseException) as err:
+        _fail(re.sub(r"\s+", " ", str(err)).strip())
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    sweeping = any(a.startswith("-") for a in args) or any(re.search(r"=.*[,(]", a) for a in args)
+    if not sweeping:
+        precheck(args)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
