@@ -5,8 +5,12 @@ Everything works on the Hessian as a matrix-free operator on the raveled paramet
 per matvec, forward-over-reverse) and is jit-able, so the training loop can measure curvature inside its
 compiled `lax.scan` every k steps (`lax.cond`), warm-started from the previous eigenvector with a bounded number
 of matvecs. Every solver reports the matvecs it used and the relative residual ‖Av − λv‖/|λ| of its answer; for
-a symmetric operator |λ − λ_true| ≤ ‖Av − λv‖, so `residual` bounds the relative error of `value` (the error
-is usually far smaller, ~residual²·|λ|/gap).
+a symmetric operator some eigenvalue lies within ‖Av − λv‖ of λ, so `residual` bounds the relative error of
+`value` (usually far more tightly: the error is ~residual²·|λ|/gap).
+
+Warm starts rely on the Hessian changing little between measurements: a Krylov solver only sees what v0's Krylov
+space contains, so a v0 that is (nearly) an eigenvector of a non-top eigenvalue can stop there. A zero v0 means
+a cold start from a fixed random direction.
 
 The three solvers share one interface, `top_eigenpair(matvec, v0, method=…)`:
     lanczos  Krylov with full reorthogonalisation; the default, fewest matvecs for a given accuracy.
@@ -70,17 +74,32 @@ def _rayleigh(v, av):
     return value, _relative(jnp.linalg.norm(av - value * v), value)
 
 
-def _top_ritz_pair(alphas, betas, last):
-    """Top eigenpair of the Lanczos tridiagonal T built from the first `last` + 1 entries of a fixed-size
-    buffer. Unused diagonal entries are set below every active α (hence below λ_max(T) ≥ max α), so the
-    padding never wins and the eigenvector is zero there."""
+def _top_ritz_pair_dense(alphas, betas, last):
+    """Top eigenpair of the tridiagonal T whose active part is the first `last` + 1 entries of `alphas` (diagonal)
+    and `betas` (off-diagonal). Inactive diagonal entries are set below every active α (hence below
+    λ_max(T) ≥ max α), so the padding never wins and the eigenvector is zero there."""
     active = jnp.arange(alphas.shape[0]) <= last
-    active_alphas = jnp.where(active, alphas, 0)
-    pad = jnp.min(jnp.where(active, alphas, jnp.inf)) - jnp.max(jnp.abs(active_alphas)) - 1
+    pad = jnp.min(jnp.where(active, alphas, jnp.inf)) - jnp.max(jnp.abs(jnp.where(active, alphas, 0))) - 1
     off_diagonal = jnp.where(active[1:], betas[:-1], 0)
     tridiagonal = jnp.diag(jnp.where(active, alphas, pad)) + jnp.diag(off_diagonal, 1) + jnp.diag(off_diagonal, -1)
     values, vectors = jnp.linalg.eigh(tridiagonal)
     return values[-1], jnp.where(active, vectors[:, -1], 0)
+
+
+def _top_ritz_pair(alphas, betas, last):
+    """`_top_ritz_pair_dense` on the smallest leading block (16, 32, 64, … entries) that holds the active part:
+    dense eigh costs O(size³) (~1 s for 375 on CPU), so a solve that stops early should not pay for the whole
+    `max_iters` buffer at every step."""
+    size = alphas.shape[0]
+    blocks = sorted({min(size, 2**k) for k in range(4, max(4, size.bit_length()) + 1)})
+
+    def in_block(block):
+        def top():
+            value, vector = _top_ritz_pair_dense(alphas[:block], betas[:block], last)
+            return value, jnp.zeros_like(alphas).at[:block].set(vector)
+        return top
+
+    return lax.switch(jnp.sum(jnp.array(blocks) <= last), [in_block(b) for b in blocks])
 
 
 class _LanczosState(NamedTuple):
@@ -119,8 +138,8 @@ def _lanczos(matvec, v0, max_iters, tol) -> EigResult:
         breakdown = beta <= jnp.finfo(dtype).eps * (jnp.max(jnp.abs(alphas)) + jnp.max(betas))
         basis = s.basis.at[s.step + 1].set(jnp.where(breakdown, 0, w / jnp.where(breakdown, 1, beta)),
                                            mode="drop")
-        return _LanczosState(s.step + 1, basis, alphas, betas, value, ritz, residual,
-                             breakdown | (residual < tol))
+        done = breakdown | (residual < tol) | ~jnp.isfinite(residual)  # non-finite: a diverged run, give up
+        return _LanczosState(s.step + 1, basis, alphas, betas, value, ritz, residual, done)
 
     s = lax.while_loop(lambda s: ~s.done & (s.step < max_iters), body, init)
     vector = s.basis.T @ s.ritz
@@ -138,9 +157,9 @@ class _PowerState(NamedTuple):
 def _power(matvec, v0, max_iters, tol) -> EigResult:
     """Power iteration, stopping when the Rayleigh quotient's relative residual is below `tol`.
 
-    It converges to the eigenvalue of largest magnitude: λ_max(H) only while |λ_min(H)| < λ_max(H), which holds
-    for the sharpness of trained networks but is not guaranteed (Lanczos has no such caveat). The returned
-    value is the Rayleigh quotient of the returned vector, so it is never above the true λ_max.
+    It converges to the eigenvalue of largest magnitude: λ_max(H) only while |λ_min(H)| < λ_max(H), which is
+    common but not guaranteed (small LayerNorm nets break it at initialisation; Lanczos has no such caveat).
+    The returned value is the Rayleigh quotient of the returned vector, so it is never above the true λ_max.
     """
     v0 = _start_vector(v0)
     init = _PowerState(jnp.array(0, jnp.int32), v0, v0, jnp.array(0, v0.dtype), jnp.array(jnp.inf, v0.dtype))
@@ -160,7 +179,8 @@ def _lobpcg(matvec, v0, max_iters, tol) -> EigResult:
     """`lobpcg_standard` with one vector, then one more matvec for the Rayleigh quotient and residual.
 
     lobpcg_standard stops when ‖r‖ < tol'·10·n·(‖Av‖ + θ); tol' = tol/(20n) makes that ‖r‖ ≲ tol·θ, our
-    relative residual. Each LOBPCG iteration applies A to [X, P, R] and to the new X: 4 matvecs, plus 1 at start.
+    relative residual. Each LOBPCG iteration applies A to [X, P, R] and to the new X: 4 matvecs, plus 1 before the
+    first iteration and our 1 after the last.
     """
     block_matvec = jax.vmap(matvec, in_axes=1, out_axes=1)
     _, vectors, iterations = lobpcg_standard(block_matvec, _start_vector(v0)[:, None], m=max_iters,
@@ -234,6 +254,8 @@ def preconditioned_sharpness(loss_fn: Callable, params, precond, v0: jax.Array, 
 
     P⁻¹H is not symmetric, so it is solved as the similar symmetric operator P^{-1/2} H P^{-1/2} (same
     eigenvalues). `vector` (and the warm start `v0`) live in those coordinates: u = P^{1/2}·(eigenvector of P⁻¹H).
+    With per-layer learning-rate multipliers c (full μP, θ ← θ − η·c·m̂/(√v̂ + ε)) the update's preconditioner is
+    P/c: pass that.
     """
     matvec, _ = flat_operator(loss_fn, params)
     scale = jax.lax.rsqrt(ravel_pytree(precond)[0])
@@ -248,8 +270,8 @@ def thresholds(lr, *, optimizer: str, momentum: float = 0.0, b1: float = 0.9) ->
         at initialisation (m₀ = 0) the first steps are GD-like with threshold 2/η, rising to (2 + 2β)/η; we
         log the asymptotic one, as the paper's momentum figures do.
     adam family: λ^{P⁻¹H} < (2 + 2β₁)/((1 − β₁)η) = 38/η for β₁ = 0.9, and λᴴ is drawn against (2 + 2β₁)/η
-        (= 3.8/η, paper Fig. 2): the threshold of EMA momentum without the adaptive denominator, a reference
-        line rather than a stability bound for Adam. For radam this uses Adam's P and ignores rectification.
+        (= 3.8/η, as in paper Fig. 2): the heavy-ball threshold for β = β₁, a reference line rather than a
+        stability bound (Adam's bound is on λ^{P⁻¹H}). For radam both are Adam's, ignoring the rectification.
     """
     lr = jnp.asarray(lr)
     nan = jnp.full_like(lr, jnp.nan, dtype=jnp.result_type(lr, jnp.float32))

@@ -103,7 +103,9 @@ def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
 
 
 def _online(url: str) -> bool:
-    """Whether the download host accepts a connection within the timeout."""
+    """Whether the download host accepts a connection within the timeout ($WARMUP_OFFLINE=1: never try)."""
+    if os.environ.get("WARMUP_OFFLINE"):
+        return False
     parts = urllib.parse.urlsplit(url)
     try:
         socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),

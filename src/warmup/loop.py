@@ -161,7 +161,7 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
             test_loss = test_acc = nan
         metrics.update(
             step=state.step, lr=lr, train_loss=loss, train_acc=jnp.mean(correct(logits, y)),
-            grad_norm=optax.global_norm(grads), test_loss=test_loss, test_acc=test_acc, valid=live,
+            grad_norm=optax.tree.norm(grads), test_loss=test_loss, test_acc=test_acc, valid=live,
         )
         select = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
         new_params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))

@@ -103,7 +103,7 @@ def build(cfg: DictConfig) -> Built:
     model = models.build_model(cfg.model.name, param=cfg.param.name, num_classes=k,
                                width=cfg.model.width, depth=cfg.model.depth)
     init_key, loop_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = model.init(init_key, arrays.x_train[:1])["params"]
+    params = jax.jit(model.init)(init_key, arrays.x_train[:1])["params"]
     o = cfg.optimizer
     multipliers = models.adam_lr_multipliers(params, cfg.param.name, cfg.param.full_mup) if o.name != "sgd" else None
     hyper = dict(momentum=o.momentum) if o.name == "sgd" else dict(b1=o.b1, b2=o.b2, eps=o.eps)
@@ -138,7 +138,10 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
         return records.read_summary(run_dir)
     start = time.perf_counter()
     validate(cfg)
-    b = build(cfg)
+    try:
+        b = build(cfg)
+    except ValueError as err:  # the library's own checks (optimiser hyperparameters, model depth, ...)
+        raise ConfigError(str(err)) from err
     h, s = cfg.sharpness, cfg.schedule
     eig0 = initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
     lambda0 = float(eig0.value)

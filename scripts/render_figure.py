@@ -1,0 +1,13 @@
+"""Re-render an experiment's figure from existing run records, without training.
+
+    python scripts/render_figure.py multirun/fig1_cpu [--figure-dir figures]
+"""
+import argparse
+
+from warmup.plots import render_experiment
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("sweep_dir", help="a directory holding run records (e.g. multirun/fig1)")
+parser.add_argument("--figure-dir", default="figures", help="where <exp.name>.png is written")
+args = parser.parse_args()
+render_experiment(args.sweep_dir, args.figure_dir)

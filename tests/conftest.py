@@ -1,0 +1,63 @@
+import gzip
+
+import jax
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from warmup import train
+
+# The partitionable threefry lowering compiles several times slower on CPU; the tests only compare runs made here.
+jax.config.update("jax_threefry_partitionable", False)
+
+
+def write_idx(path, array, magic):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def write_learnable_idx(folder, n_train=256, n_test=200, size=12, seed=0):
+    """A 10-class MNIST-format dataset a small net learns in tens of steps: a class-specific blob plus noise."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, (10, size, size))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    for n, (images, labels) in zip((n_train, n_test), (files[:2], files[2:])):
+        y = rng.integers(0, 10, n)
+        x = np.clip(0.6 * prototypes[y] + rng.normal(0, 40, (n, size, size)), 0, 255)
+        write_idx(folder / images, x, 2051)
+        write_idx(folder / labels, y, 2049)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return write_learnable_idx(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("WARMUP_OFFLINE", "1")
+
+
+TINY = ["model.width=32", "model.depth=3", "data.num_examples=128", "train.steps=20", "train.chunk_steps=8",
+        "train.eval_every=10", "train.eval_batch=100", "train.progress=false"]
+
+
+def compose_config(overrides):
+    with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def run(data_root, tmp_path):
+    """Train a tiny run on the synthetic data into a fresh directory; returns (run_dir, summary)."""
+    counter = iter(range(1000))
+
+    def run_(*overrides):
+        cfg = compose_config([*TINY, f"data.root={data_root}", *overrides])
+        run_dir = tmp_path / f"run{next(counter)}"
+        return run_dir, train.execute(cfg, run_dir)
+
+    return run_

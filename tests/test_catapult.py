@@ -1,0 +1,202 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from warmup.catapult import (catapult_schedule_lr, first_direction, persistent_catapult_warmup, search_eta_c,
+                             t_reach, t_save)
+from warmup.optim import build_optimizer
+
+# H = Q diag(λ) Qᵀ with a random rotation, so the top eigenvector mixes both parameter leaves.
+EIGS = np.array([5.0, 2.0, 1.0, 0.5, 0.1])
+LAM = EIGS[0]
+Q = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))[0]
+H = jnp.asarray(Q @ np.diag(EIGS) @ Q.T, jnp.float32)
+SPLIT = lambda theta: {"a": theta[:2], "b": theta[2:]}
+
+
+def quadratic(params):
+    theta = ravel_pytree(params)[0]
+    return 0.5 * theta @ H @ theta
+
+
+def top_eigvec_start():
+    """θ₀ = 3·q_max and the GD direction d₀ = Hθ₀ (via `first_direction` for SGD)."""
+    params = SPLIT(jnp.asarray(3.0 * Q[:, 0], jnp.float32))
+    grads = jax.grad(quadratic)(params)
+    return params, first_direction(build_optimizer("sgd"), grads, params)
+
+
+@pytest.mark.parametrize("delta", [0.1, 0.01])
+def test_search_finds_two_over_lambda_within_delta_tolerance(delta):
+    params, d0 = top_eigvec_start()
+    res = search_eta_c(quadratic, params, d0, delta=delta, max_forward_passes=60)
+    loss0 = float(quadratic(params))
+    assert res.found and res.eta_c == res.eta_upper
+    np.testing.assert_allclose(res.initial_loss, loss0, rtol=1e-6)
+    # Along the top eigenvector L(θ₀ − ηHθ₀) = (1 − ηλ)² L₀: rises iff η > 2/λ.
+    assert res.eta_lower < 2 / LAM <= res.eta_upper
+    # Stopping rule L_upper ≤ (1+δ)L₀ ⇔ ηλ − 1 ≤ √(1+δ): the bound on η_upper − 2/λ.
+    assert res.eta_upper - 2 / LAM <= (math.sqrt(1 + delta) - 1) / LAM
+    loss_upper = dict(res.probes)[res.eta_upper]
+    assert loss_upper <= (1 + delta) * loss0
+    etas, losses = np.array(res.probes).T
+    np.testing.assert_allclose(losses, (1 - etas * LAM) ** 2 * loss0, rtol=1e-4)
+    # Exponential phase: 1e-4·2^k up to the first rise (2^12·1e-4 = 0.4096 > 0.4), then bisection inside.
+    np.testing.assert_allclose(etas[:13], 1e-4 * 2.0 ** np.arange(13))
+    assert np.all((etas[13:] > 0.2048) & (etas[13:] < 0.4096))
+    assert res.forward_passes == len(res.probes) + 1 <= 60
+
+
+def test_search_counts_every_forward_pass_and_compiles_once():
+    params, d0 = top_eigvec_start()
+    evaluations, traces = [], []
+
+    def counted(p):
+        traces.append(1)  # Python side effect: runs only when traced
+        loss = quadratic(p)
+        jax.debug.callback(lambda _: evaluations.append(1), loss)  # runs at every evaluation
+        return loss
+
+    res = search_eta_c(counted, params, d0, delta=0.01)
+    assert len(evaluations) == res.forward_passes == len(res.probes) + 1
+    assert len(res.probes) > 13
+    assert len(traces) == 2  # L(θ₀) and the probe, whatever the number of probes
+
+
+@pytest.mark.parametrize("lr_start, budget, found", [(1e-4, 5, False), (0.15, 6, True)])
+def test_search_stops_at_the_forward_pass_budget(lr_start, budget, found):
+    params, d0 = top_eigvec_start()
+    res = search_eta_c(quadratic, params, d0, lr_start=lr_start, delta=0.01, max_forward_passes=budget)
+    assert res.forward_passes == len(res.probes) + 1 == budget
+    assert res.found == found
+    if found:  # 0.15, 0.3 decrease; 0.6 rises; bisection tries 0.45 (rise) then 0.375 (decrease) and stops
+        assert [eta for eta, _ in res.probes] == pytest.approx([0.15, 0.3, 0.6, 0.45, 0.375])
+        assert (res.eta_lower, res.eta_upper) == pytest.approx((0.375, 0.45))
+    else:  # the budget ended the exponential phase: η_c is the largest η known to lower the loss
+        assert res.eta_c == res.eta_lower == res.probes[-1][0]
+        assert res.probes[-1][1] < res.initial_loss
+
+
+def test_search_reports_no_catapult_below_lr_max():
+    params, d0 = top_eigvec_start()
+    res = search_eta_c(quadratic, params, d0, lr_start=0.15, lr_max=0.35)
+    assert not res.found
+    assert res.eta_c == res.eta_upper == 0.35
+    assert [eta for eta, _ in res.probes] == [0.15, 0.3, 0.35]  # the last doubling is capped at lr_max
+    assert all(loss < res.initial_loss for _, loss in res.probes)
+
+
+def test_search_capped_probe_that_rises_brackets_from_last_decrease():
+    params, d0 = top_eigvec_start()
+    res = search_eta_c(quadratic, params, d0, lr_start=0.15, lr_max=0.5, delta=10.0)
+    assert res.found
+    assert [eta for eta, _ in res.probes] == [0.15, 0.3, 0.5]  # (1 − 2.5)² = 2.25 ≤ 11: no bisection needed
+    assert (res.eta_lower, res.eta_upper) == (0.3, 0.5)
+
+
+def test_search_with_adam_direction_is_scale_free():
+    """Adam's d₀ = sign(g): along an axis-aligned θ₀ = c·e₀, L(θ₀ − η e₀) ∝ (c − η)², so η_c = 2c for any λ."""
+    c, delta = 1 / 30, 0.01
+    loss = lambda p: 0.5 * jnp.sum(jnp.asarray(EIGS * 100, jnp.float32) * p**2)
+    params = jnp.zeros(5).at[0].set(c)
+    d0 = first_direction(build_optimizer("adam"), jax.grad(loss)(params), params)
+    res = search_eta_c(loss, params, d0, delta=delta)
+    assert res.eta_lower < 2 * c <= res.eta_upper <= 2 * c + c * (math.sqrt(1 + delta) - 1)
+
+
+def test_first_direction_of_adam_and_gi_adam():
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}
+    grads = {"w": jnp.array([[0.3, -2.0, 0.0], [1e-3, -5e-2, 7.0]]), "b": jnp.array([-0.4, 12.0])}
+    eps, b2 = 1e-8, 0.99
+    for name, scale in (("adam", 1.0), ("gi_adam", math.sqrt(1 - b2))):
+        d = first_direction(build_optimizer(name, b2=b2, eps=eps), grads, params)
+        for key, g in grads.items():
+            g = np.asarray(g, np.float64)
+            # t = 1: m̂ = g; v̂ = g² for Adam, g²/(1−β₂) for GI-Adam (v₀ = g₀²).
+            expected = g / (np.abs(g) / scale + eps)
+            np.testing.assert_allclose(d[key], expected, rtol=1e-5)
+            np.testing.assert_allclose(d[key], scale * np.sign(g), rtol=1e-4)
+
+
+def test_t_reach_and_t_save_closed_forms():
+    assert t_reach(0.25, 1.0, 100) == pytest.approx(75.0)
+    assert t_save(0.25, 1.0, 100, forward_passes=10) == pytest.approx(20.0)  # 25 steps − 10/2
+    # η_trgt < η_c: no warmup left, all of it saved (less the search).
+    assert t_reach(2.0, 1.0, 100) == 0.0
+    assert t_save(2.0, 1.0, 100, forward_passes=10) == pytest.approx(95.0)
+    # Broadcasts over a grid (the T_reach/T_save heatmaps): T_reach + T_save + passes/2 = T_wrm.
+    eta_c, lr_trgt, steps = 0.1, np.array([[0.05], [0.2], [0.8]]), np.array([64, 1024])
+    np.testing.assert_allclose(t_reach(eta_c, lr_trgt, steps) + t_save(eta_c, lr_trgt, steps, 12) + 6,
+                               np.broadcast_to(steps, (3, 2)))
+
+
+def test_catapult_schedule_values_cap_and_jit():
+    steps = jnp.arange(0, 200, 25)
+    lr = jax.jit(catapult_schedule_lr)(steps, 0.25, 1.0, 100)
+    np.testing.assert_allclose(lr, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0], rtol=1e-6)
+    # It first reaches η_trgt at t = T_reach.
+    dense = catapult_schedule_lr(jnp.arange(200), 0.25, 1.0, 100)
+    assert int(jnp.argmax(dense >= 1.0)) == t_reach(0.25, 1.0, 100)
+    # η_c ≥ η_trgt: constant η_trgt from the first step.
+    np.testing.assert_allclose(jax.jit(catapult_schedule_lr)(steps, 2.0, 1.0, 100), 1.0)
+
+
+def tiny_mlp_problem():
+    """A tanh net with MSE on random data, full-batch GD: η_trgt = 6/λ₀ diverges without warmup."""
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    x, y = jax.random.normal(k[0], (32, 8)), jax.random.normal(k[1], (32, 1))
+    params = {"w1": jax.random.normal(k[2], (8, 64)), "w2": jax.random.normal(k[3], (64, 1))}
+
+    def loss_fn(p):
+        h = jnp.tanh(x @ p["w1"] / jnp.sqrt(8.0))
+        return 0.5 * jnp.mean((h @ p["w2"] / 8.0 - y) ** 2)
+
+    flat, unravel = ravel_pytree(params)
+    lam0 = float(jnp.linalg.eigvalsh(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat))[-1])
+    tx = build_optimizer("sgd")
+
+    @jax.jit
+    def step(p, s, lr):
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        d, s = tx.update(g, s, p)
+        return jax.tree.map(lambda a, b: a - lr * b, p, d), s, loss
+
+    direction = jax.jit(lambda p, s: tx.update(jax.grad(loss_fn)(p), s, p)[0])
+    return loss_fn, step, direction, params, tx.init(params), 6 / lam0
+
+
+def test_persistent_catapult_warmup_reaches_target_through_catapults():
+    loss_fn, step, direction, params, opt_state, lr_trgt = tiny_mlp_problem()
+    losses = []
+
+    def recording_step(p, s, lr):
+        p, s, loss = step(p, s, lr)
+        losses.append(float(loss))
+        return p, s, loss
+
+    max_steps = 200
+    params_end, _, lrs, events = persistent_catapult_warmup(recording_step, loss_fn, direction, params, opt_state,
+                                                           lr_trgt=lr_trgt, delta=0.1, max_steps=max_steps)
+    assert len(lrs) == max_steps
+    assert np.all(np.diff(lrs) >= 0) and lrs[-1] == lr_trgt and lrs[0] < lr_trgt
+    assert len(events) >= 2
+    assert [e.start_step for e in events] == [0] + [e.recovery_step for e in events[:-1]]
+    for event in events:
+        assert event.recovery_step is not None and event.recovery_step > event.start_step
+        np.testing.assert_array_equal(lrs[event.start_step:event.recovery_step], event.lr)
+    assert all(a.reference_loss > b.reference_loss for a, b in zip(events, events[1:]))
+    # The first η really catapults: the loss rises above L(θ*) before it recovers.
+    first = events[0]
+    assert max(losses[first.start_step:first.recovery_step]) > first.reference_loss
+    assert float(loss_fn(params_end)) < 1e-2 * events[0].reference_loss
+    assert step._cache_size() == 1  # η is traced: one compilation for every η
+
+    # Without warmup the same η_trgt diverges.
+    p, s = params, opt_state
+    for _ in range(50):
+        p, s, loss = step(p, s, jnp.float32(lr_trgt))
+    assert not np.isfinite(float(loss_fn(p)))

@@ -1,0 +1,112 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from warmup import records, train
+from conftest import TINY, compose_config
+
+
+def test_run_writes_the_record_contract(run):
+    run_dir, summary = run("schedule.lr_trgt_scale=1", "schedule.warmup_steps=5", "sharpness.every=5")
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json"}
+    assert summary["status"] == "converged"
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    for key in ("status", "lambda0", "lr_trgt", "warmup_steps", "steps_completed", "final_train_loss",
+                "final_train_acc", "final_test_loss", "best_test_acc", "diverged_step", "wall_time_s"):
+        assert key in on_disk
+    assert on_disk["steps_completed"] == 20 and on_disk["diverged_step"] is None
+    assert on_disk["lr_trgt"] == pytest.approx(1 / on_disk["lambda0"])
+    metrics = records.read_metrics(run_dir)
+    assert list(metrics.columns[:len(records.METRIC_COLUMNS)]) == list(records.METRIC_COLUMNS)
+    assert list(metrics.step) == list(range(21))  # one row per update, plus the final state at t = T
+    lr = metrics.lr.to_numpy()[:20]
+    np.testing.assert_allclose(lr, on_disk["lr_trgt"] * np.minimum(1, (np.arange(20) + 1) / 5), rtol=1e-6)
+    measured = metrics.sharpness.notna().to_numpy()[:20]
+    assert list(np.flatnonzero(measured)) == [0, 5, 10, 15]
+    assert metrics.sharpness[0] == pytest.approx(on_disk["lambda0"], rel=1e-3)
+    np.testing.assert_allclose(metrics.sharpness_threshold[:20], 2 / lr, rtol=1e-6)
+    assert list(np.flatnonzero(metrics.test_acc.notna())) == [0, 10, 20]
+    assert metrics.train_loss.iloc[-1] < metrics.train_loss.iloc[0]
+    assert "lr_trgt_scale: 1" in (run_dir / "config.yaml").read_text()
+
+
+def test_same_seed_same_metrics(run):
+    overrides = ("schedule.lr_trgt=0.05", "data.batch_size=32", "data.augment.flip=true", "data.augment.crop=2",
+                 "sharpness.every=7")
+    first, _ = run(*overrides)
+    second, _ = run(*overrides)
+    third, _ = run(*overrides, "seed=1")
+    assert (first / "metrics.csv").read_text() == (second / "metrics.csv").read_text()
+    assert (first / "metrics.csv").read_text() != (third / "metrics.csv").read_text()
+
+
+def test_huge_learning_rate_is_recorded_as_diverged(run):
+    run_dir, summary = run("schedule.lr_trgt=1e6", "sharpness.every=1")
+    assert summary["status"] == "diverged"
+    metrics = records.read_metrics(run_dir)
+    assert summary["diverged_step"] == metrics.step.iloc[-1] == summary["steps_completed"]
+    assert summary["diverged_step"] < 20
+    assert records.read_summary(run_dir)["status"] == "diverged"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "gi_adam", "ri_adam", "radam"])
+def test_adam_family_tracks_preconditioned_sharpness(run, optimizer):
+    run_dir, summary = run(f"optimizer={optimizer}", "schedule.lr_trgt=1e-3", "sharpness.every=10", "param=mup")
+    assert summary["status"] != "diverged"
+    metrics = records.read_metrics(run_dir)
+    measured = metrics[metrics.pre_sharpness.notna()]
+    assert list(measured.step) == [0, 10]
+    np.testing.assert_allclose(measured.pre_sharpness_threshold, 38 / measured.lr, rtol=1e-5)
+    assert (measured.pre_sharpness > measured.sharpness).all()
+
+
+@pytest.mark.parametrize("model", ["cnn", "wrn"])
+def test_conv_models_train_minibatch_with_augmentation(run, model):
+    depth = {"cnn": 4, "wrn": 10}[model]
+    run_dir, summary = run(f"model={model}", "model.width=1" if model == "wrn" else "model.width=8",
+                           f"model.depth={depth}", "loss=xent", "schedule.lr_trgt_scale=1", "data.batch_size=32",
+                           "data.augment.flip=true", "data.augment.crop=4", "data.augment.mixup_alpha=0.2",
+                           "train.steps=8", "sharpness.every=4", "data.measure_examples=32")
+    assert summary["status"] in ("converged", "failed") and summary["steps_completed"] == 8
+    assert summary["measure_examples"] == 32
+    assert records.read_metrics(run_dir).sharpness.notna().sum() == 2
+
+
+def test_finished_run_is_skipped(run, data_root, tmp_path):
+    run_dir, summary = run("schedule.lr_trgt=0.05")
+    before = (run_dir / "metrics.csv").read_text()
+    cfg = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05"])
+    assert train.execute(cfg, run_dir) == summary
+    assert (run_dir / "metrics.csv").read_text() == before
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "warmup.train", *args], capture_output=True, text=True,
+                          env={**os.environ, "WARMUP_OFFLINE": "1", **(env or {})}, timeout=120)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["optimizer=adamw"], ["optimizer=adamw", "sgd", "gi_adam"]),
+    (["schedule.lr_trgt=0.1", "schedule.nonsense=1"], ["nonsense"]),
+    (["schedule.lr_trgt=-0.1"], ["schedule.lr_trgt=-0.1", "> 0"]),
+    (["schedule.lr_trgt=0.1", "schedule.warmup_steps=0"], ["schedule.warmup_steps=0", ">= 1"]),
+    (["schedule.lr_trgt=0.1", "data.num_examples=10", "data.batch_size=20"], ["data.batch_size=20", "num_examples"]),
+    ([], ["schedule.lr_trgt", "lr_trgt_scale", "neither"]),
+    (["schedule.lr_trgt=0.1", "schedule.lr_trgt_scale=2"], ["both"]),
+    (["schedule.lr_trgt=0.1", "data=mnist", "data.root=/nonexistent"], ["mnist", "train-images-idx3-ubyte.gz"]),
+    (["schedule.lr_trgt=0.1", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5", "[0, 1)"]),
+    (["schedule.lr_trgt=0.1", "sharpness.method=qr"], ["sharpness.method=qr", "lanczos"]),
+])
+def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path):
+    result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", env={"HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+    assert not (tmp_path / "run" / "metrics.csv").exists()
