@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from warmup.catapult import (catapult_schedule_lr, first_direction, persistent_catapult_warmup, search_eta_c,
+from warmup.catapult import (catapult_schedule, first_direction, persistent_catapult_warmup, search_eta_c,
                              t_reach, t_save)
 from warmup.optim import build_optimizer
+from warmup.schedules import learning_rate
 
 # H = Q diag(λ) Qᵀ with a random rotation, so the top eigenvector mixes both parameter leaves.
 EIGS = np.array([5.0, 2.0, 1.0, 0.5, 0.1])
@@ -81,6 +82,15 @@ def test_search_stops_at_the_forward_pass_budget(lr_start, budget, found):
         assert res.probes[-1][1] < res.initial_loss
 
 
+def test_search_counts_an_overflowed_loss_as_a_rise():
+    params, d0 = top_eigvec_start()
+    # NaN once |θ| > 1.5|θ₀|, i.e. for η > 0.5: the first rise (η = 0.6) overflows.
+    blows_up = lambda p: jnp.where(jnp.linalg.norm(ravel_pytree(p)[0]) > 4.5, jnp.nan, quadratic(p))
+    res = search_eta_c(blows_up, params, d0, lr_start=0.15, delta=0.01)
+    assert res.found and res.probes[2] == (0.6, math.inf)
+    assert res.eta_lower < 2 / LAM <= res.eta_upper <= (1 + math.sqrt(1.01)) / LAM
+
+
 def test_search_reports_no_catapult_below_lr_max():
     params, d0 = top_eigvec_start()
     res = search_eta_c(quadratic, params, d0, lr_start=0.15, lr_max=0.35)
@@ -135,42 +145,51 @@ def test_t_reach_and_t_save_closed_forms():
 
 
 def test_catapult_schedule_values_cap_and_jit():
+    """The project schedule reproduces η_t = min(η_c + η_trgt·t/T_wrm, η_trgt) exactly."""
     steps = jnp.arange(0, 200, 25)
-    lr = jax.jit(catapult_schedule_lr)(steps, 0.25, 1.0, 100)
+    lr = jax.jit(learning_rate)(steps, catapult_schedule(0.25, 1.0, 100))
     np.testing.assert_allclose(lr, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0], rtol=1e-6)
+    dense = np.asarray(learning_rate(jnp.arange(200), catapult_schedule(0.3, 1.2, 64)))
+    np.testing.assert_allclose(dense, np.minimum(0.3 + 1.2 * np.arange(200) / 64, 1.2), rtol=1e-6)
     # It first reaches η_trgt at t = T_reach.
-    dense = catapult_schedule_lr(jnp.arange(200), 0.25, 1.0, 100)
-    assert int(jnp.argmax(dense >= 1.0)) == t_reach(0.25, 1.0, 100)
+    assert int(np.argmax(dense >= 1.2 - 1e-7)) == round(t_reach(0.3, 1.2, 64))
     # η_c ≥ η_trgt: constant η_trgt from the first step.
-    np.testing.assert_allclose(jax.jit(catapult_schedule_lr)(steps, 2.0, 1.0, 100), 1.0)
+    np.testing.assert_allclose(learning_rate(steps, catapult_schedule(2.0, 1.0, 100)), 1.0)
 
 
-def tiny_mlp_problem():
-    """A tanh net with MSE on random data, full-batch GD: η_trgt = 6/λ₀ diverges without warmup."""
-    k = jax.random.split(jax.random.PRNGKey(0), 4)
-    x, y = jax.random.normal(k[0], (32, 8)), jax.random.normal(k[1], (32, 1))
-    params = {"w1": jax.random.normal(k[2], (8, 64)), "w2": jax.random.normal(k[3], (64, 1))}
+def two_layer_linear_problem():
+    """f(x) = xᵀUv/√n with MSE and full-batch GD, the classic catapult model: for 2/λ < η < 4/λ the loss spikes,
+    λ falls and training recovers; η_trgt = 6/λ₀ diverges without warmup. Drawn with numpy, so JAX's PRNG
+    settings do not change the problem."""
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    width = 100
+    x, y = normal(4, 4) / 2.0, normal(4, 1)
+    params = {"u": normal(4, width), "v": normal(width, 1)}
 
     def loss_fn(p):
-        h = jnp.tanh(x @ p["w1"] / jnp.sqrt(8.0))
-        return 0.5 * jnp.mean((h @ p["w2"] / 8.0 - y) ** 2)
+        return 0.5 * jnp.mean((x @ p["u"] @ p["v"] / math.sqrt(width) - y) ** 2)
 
     flat, unravel = ravel_pytree(params)
     lam0 = float(jnp.linalg.eigvalsh(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat))[-1])
     tx = build_optimizer("sgd")
 
+    traces = []
+
     @jax.jit
     def step(p, s, lr):
+        traces.append(1)  # Python side effect: runs only when traced
         loss, g = jax.value_and_grad(loss_fn)(p)
         d, s = tx.update(g, s, p)
         return jax.tree.map(lambda a, b: a - lr * b, p, d), s, loss
 
     direction = jax.jit(lambda p, s: tx.update(jax.grad(loss_fn)(p), s, p)[0])
-    return loss_fn, step, direction, params, tx.init(params), 6 / lam0
+    return loss_fn, step, direction, params, tx.init(params), lam0, traces
 
 
 def test_persistent_catapult_warmup_reaches_target_through_catapults():
-    loss_fn, step, direction, params, opt_state, lr_trgt = tiny_mlp_problem()
+    loss_fn, step, direction, params, opt_state, lam0, traces = two_layer_linear_problem()
+    lr_trgt = 6 / lam0
     losses = []
 
     def recording_step(p, s, lr):
@@ -183,7 +202,7 @@ def test_persistent_catapult_warmup_reaches_target_through_catapults():
                                                            lr_trgt=lr_trgt, delta=0.1, max_steps=max_steps)
     assert len(lrs) == max_steps
     assert np.all(np.diff(lrs) >= 0) and lrs[-1] == lr_trgt and lrs[0] < lr_trgt
-    assert len(events) >= 2
+    assert len(events) >= 5 and 2 / lam0 < events[0].lr < events[-1].lr <= lr_trgt
     assert [e.start_step for e in events] == [0] + [e.recovery_step for e in events[:-1]]
     for event in events:
         assert event.recovery_step is not None and event.recovery_step > event.start_step
@@ -192,11 +211,24 @@ def test_persistent_catapult_warmup_reaches_target_through_catapults():
     # The first η really catapults: the loss rises above L(θ*) before it recovers.
     first = events[0]
     assert max(losses[first.start_step:first.recovery_step]) > first.reference_loss
-    assert float(loss_fn(params_end)) < 1e-2 * events[0].reference_loss
-    assert step._cache_size() == 1  # η is traced: one compilation for every η
+    assert float(loss_fn(params_end)) < 1e-4 * events[0].reference_loss
+    assert len(traces) == 1  # η arrives traced: one compilation for every η
 
     # Without warmup the same η_trgt diverges.
     p, s = params, opt_state
     for _ in range(50):
         p, s, loss = step(p, s, jnp.float32(lr_trgt))
     assert not np.isfinite(float(loss_fn(p)))
+
+
+def test_persistent_catapult_lr_never_decreases_when_eta_c_falls():
+    """A scripted run whose direction doubles every step, so each new search finds η_c halved; η must hold."""
+    loss_fn = lambda theta: 0.5 * LAM * theta**2
+    direction_fn = lambda theta, scale: scale * LAM * theta
+    step_fn = lambda theta, scale, lr: (theta / 2, 2 * scale, loss_fn(theta))  # the loss always recovers at once
+    _, scale, lrs, events = persistent_catapult_warmup(step_fn, loss_fn, direction_fn, jnp.float32(1.0),
+                                                       jnp.float32(1.0), lr_trgt=10.0, delta=0.01, max_steps=5)
+    assert float(scale) == 32.0 and len(events) == 5
+    assert [(e.start_step, e.recovery_step) for e in events] == [(t, t + 1) for t in range(5)]
+    assert 2 / LAM <= events[0].lr <= (1 + math.sqrt(1.01)) / LAM
+    np.testing.assert_array_equal(lrs, events[0].lr)

@@ -110,3 +110,14 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
     for word in words:
         assert word in lines[0]
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_catapult_initialised_schedule_records_eta_c(run):
+    run_dir, summary = run("schedule.lr_trgt_scale=8", "schedule.warmup_steps=16", "schedule.init=catapult")
+    eta_c, lr_trgt = summary["eta_c"], summary["lr_trgt"]
+    assert summary["eta_c_found"] and 0 < eta_c < lr_trgt
+    assert 1 / summary["lambda0"] < eta_c < 8 / summary["lambda0"]  # the first loss rise sits near 2/λ₀ᴴ
+    assert summary["t_reach"] == pytest.approx(16 * (1 - eta_c / lr_trgt))
+    assert summary["t_save"] == pytest.approx(16 * eta_c / lr_trgt - summary["search_forward_passes"] / 2)
+    lr = records.read_metrics(run_dir).lr.to_numpy()[:20]
+    np.testing.assert_allclose(lr, np.minimum(eta_c + lr_trgt * np.arange(20) / 16, lr_trgt), rtol=1e-5)

@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from warmup.schedules import ScheduleParams, schedule_params
+
 
 class SearchResult(NamedTuple):
     eta_c: float  # = eta_upper: the first η whose one step raises the loss by more than δ (lr_max if not found)
-    eta_lower: float  # largest η known to lower the loss
+    eta_lower: float  # largest η seen to lower the loss (η_upper/2 if the first probe already rose)
     eta_upper: float
     forward_passes: int  # loss evaluations used, L(θ₀) included
     probes: list[tuple[float, float]]  # (η, L(θ₀ − η·d₀)) in the order they were tried
@@ -51,7 +53,8 @@ def search_eta_c(loss_fn: Callable, params, direction, *, lr_start: float = 1e-4
     at θ₀ (see `first_direction`). Exponential phase: double η from `lr_start` while the loss decreases, capped
     at `lr_max`; reaching `lr_max` without a rise returns found=False with η_c = lr_max. Binary phase: while the
     loss at η_upper exceeds L(θ₀)(1 + δ), probe the midpoint of [η_lower, η_upper]. The search stops early
-    (returning what it has) rather than use more than `max_forward_passes` loss evaluations.
+    (returning what it has) rather than use more than `max_forward_passes` loss evaluations. A non-finite
+    loss counts as a rise. Searches with the same `loss_fn` object share one compilation.
     """
     if max_forward_passes < 2:
         raise ValueError(f"max_forward_passes={max_forward_passes}: must be >= 2 (L(θ₀) and one probe)")
@@ -96,14 +99,19 @@ def first_direction(tx: optax.GradientTransformation, grads, params):
     return tx.update(grads, tx.init(params), params)[0]
 
 
-def catapult_schedule_lr(step, eta_c, lr_trgt, warmup_steps):
-    """η_t = η_c + η_trgt·t/T_wrm, capped at η_trgt (so η_t = η_trgt throughout when η_c ≥ η_trgt)."""
-    t = jnp.asarray(step, jnp.float32)
-    return jnp.minimum(eta_c + lr_trgt * t / warmup_steps, lr_trgt)
+def catapult_schedule(eta_c, lr_trgt, warmup_steps, **decay) -> ScheduleParams:
+    """η_t = η_c + η_trgt·t/T_wrm capped at η_trgt (paper §5), as the project's schedule: a linear warmup from
+    η_c over T_reach = T_wrm(1 − η_c/η_trgt) steps counted from t (not t+1); no warmup when η_c ≥ η_trgt.
+    `decay` (decay_power, total_steps, lr_min_ratio) is passed on: decay starts at T_reach."""
+    reach = float(t_reach(eta_c, lr_trgt, warmup_steps))
+    if reach <= 0:
+        return schedule_params(lr_trgt=lr_trgt, warmup_steps=1, **decay)
+    return schedule_params(lr_trgt=lr_trgt, warmup_steps=reach, lr_init=min(eta_c, lr_trgt), step_offset=0.0,
+                           **decay)
 
 
 def t_reach(eta_c, lr_trgt, warmup_steps):
-    """Steps until `catapult_schedule_lr` reaches η_trgt: T_wrm(1 − η_c/η_trgt), 0 if η_c ≥ η_trgt. Broadcasts."""
+    """Steps until `catapult_schedule` reaches η_trgt: T_wrm(1 − η_c/η_trgt), 0 if η_c ≥ η_trgt. Broadcasts."""
     return warmup_steps * (1 - np.minimum(np.divide(eta_c, lr_trgt), 1.0))
 
 

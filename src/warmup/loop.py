@@ -109,10 +109,12 @@ def _skipped(v0):
     return curvature.EigResult(nan, v0, jnp.array(0, jnp.int32), nan)
 
 
-def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation):
+def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
+                  lr_multipliers=None):
     """A jitted `chunk(state, sched, arrays, loss_bound, total_steps) -> (state, metrics)` of `cfg.chunk_steps` steps.
 
     Steps past `total_steps` or after divergence are no-ops whose metric rows carry `valid = False`.
+    `lr_multipliers` (full-μP per-layer rates c) make the update's preconditioner P/c.
     """
 
     def train_step(state: LoopState, sched, arrays: Arrays, loss_bound, total_steps):
@@ -139,6 +141,8 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
             if cfg.preconditioned:
                 moments = adam_moments(opt_state)  # after this step's update: count = t+1, nu = v_{t+1}
                 precond = curvature.adam_preconditioner(moments.count, moments.nu, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+                if lr_multipliers is not None:
+                    precond = jax.tree.map(jnp.divide, precond, lr_multipliers)
                 pre_eig = lax.cond(due, lambda: _measure(cfg, measure_loss, state.params, state.pre_eigvec, precond),
                                    lambda: _skipped(state.pre_eigvec))
         sharp_thr, pre_thr = curvature.thresholds(lr, optimizer=cfg.optimizer, momentum=cfg.momentum, b1=cfg.b1)

@@ -120,15 +120,21 @@ def save(fig, path) -> pathlib.Path:
     return path
 
 
-def render_experiment(sweep_dir, figure_dir="figures") -> pathlib.Path:
-    """Render the figure an experiment's runs ask for (their config's `exp` node) into `figure_dir/<exp.name>.png`."""
+def experiment_figure(sweep_dir):
+    """The figure an experiment's runs ask for (their config's `exp` node), and the experiment's name."""
     runs = load_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"{sweep_dir}: no run records (config.yaml + metrics.csv) below it")
     exp = runs[0].config["exp"]
     fig = trajectory_figure(runs, [PANELS[name] for name in exp["panels"]], rows_by=exp["rows_by"],
                             color_by=exp["color_by"], title=exp.get("title", ""))
-    path = save(fig, pathlib.Path(figure_dir) / f"{exp['name']}.png")
+    return fig, exp["name"]
+
+
+def render_experiment(sweep_dir, figure_dir="figures") -> pathlib.Path:
+    """Render an experiment's figure into `figure_dir/<exp.name>.png`."""
+    fig, name = experiment_figure(sweep_dir)
+    path = save(fig, pathlib.Path(figure_dir) / f"{name}.png")
     print(f"figure: {path}")
     return path
 

@@ -1,7 +1,7 @@
 """Learning-rate schedules (paper §2): warmup to η_trgt, then optionally a cosine decay to η_min.
 
 For update t = 0, 1, …:
-    warmup (t < T_wrm):  η_t = η_init + (η_trgt − η_init)·min(1, ((t+1)/T_wrm)^k)
+    warmup (t < T_wrm):  η_t = η_init + (η_trgt − η_init)·min(1, ((t+s)/T_wrm)^k),  s = 1 (the paper's t+1)
     after  (t ≥ T_wrm):  η_t = η_min + (η_trgt − η_min)·[½(1 + cos(π(t − T_wrm)/(T − T_wrm)))]^p
 with η_min = lr_min_ratio·η_trgt; T_wrm = 1 is a constant η_trgt from t = 0 and p = 0 a constant η_trgt after
 warmup. The parameters are arrays, not Python constants, so the schedule is traced: changing η_trgt or T_wrm
@@ -25,6 +25,7 @@ class ScheduleParams(NamedTuple):
     decay_power: Array  # p; 0 = constant after warmup
     total_steps: Array  # T
     lr_min_ratio: Array  # η_min / η_trgt
+    step_offset: Array  # s in (t+s)/T_wrm: 1 for the paper's warmups, 0 for the catapult-initialised one
 
 
 _RULES = {  # field: (test, allowed range as written in the error)
@@ -35,17 +36,18 @@ _RULES = {  # field: (test, allowed range as written in the error)
     "decay_power": (lambda x: x >= 0, ">= 0 (0 = no decay)"),
     "total_steps": (lambda x: x >= 1, ">= 1"),
     "lr_min_ratio": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
+    "step_offset": (lambda x: (x >= 0) & (x <= 1), "in [0, 1]"),
 }
 
 
 def schedule_params(*, lr_trgt, warmup_steps, lr_init=0.0, exponent=1.0, decay_power=0.0, total_steps=1,
-                    lr_min_ratio=0.1) -> ScheduleParams:
+                    lr_min_ratio=0.1, step_offset=1.0) -> ScheduleParams:
     """Validated `ScheduleParams`; any field may be an array, and all are broadcast to one shape.
 
     Raises ValueError naming the key and its allowed range, e.g. "schedule.lr_trgt=-1.0: must be > 0".
     """
     given = dict(lr_trgt=lr_trgt, warmup_steps=warmup_steps, lr_init=lr_init, exponent=exponent,
-                 decay_power=decay_power, total_steps=total_steps, lr_min_ratio=lr_min_ratio)
+                 decay_power=decay_power, total_steps=total_steps, lr_min_ratio=lr_min_ratio, step_offset=step_offset)
     for key, value in given.items():
         test, allowed = _RULES[key]
         x = np.asarray(value, np.float64)
@@ -63,7 +65,7 @@ def _toward(start, end, w):
 def learning_rate(step, p: ScheduleParams) -> Array:
     """η_t for update `step` = t (0-based); steps past T keep η at its value at T."""
     t = jnp.asarray(step, jnp.float32)
-    warm = _toward(p.lr_init, p.lr_trgt, jnp.minimum(1.0, ((t + 1) / p.warmup_steps) ** p.exponent))
+    warm = _toward(p.lr_init, p.lr_trgt, jnp.minimum(1.0, ((t + p.step_offset) / p.warmup_steps) ** p.exponent))
     decay_len = jnp.maximum(p.total_steps - p.warmup_steps, 1.0)  # T = T_wrm: straight to η_min after warmup
     progress = jnp.clip((t - p.warmup_steps) / decay_len, 0.0, 1.0)
     cosine = 0.5 * (1 + jnp.cos(jnp.pi * progress))

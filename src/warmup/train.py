@@ -20,9 +20,10 @@ from jax.flatten_util import ravel_pytree
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from warmup import curvature, data, loop, losses, models, optim, records, schedules
+from warmup import catapult, curvature, data, loop, losses, models, optim, records, schedules
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+SCHEDULE_INITS = ("linear", "catapult")
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,9 @@ def validate(cfg: DictConfig) -> None:
     _require(s.exponent > 0, f"schedule.exponent={s.exponent}: must be > 0")
     _require(s.decay_power >= 0, f"schedule.decay_power={s.decay_power}: must be >= 0")
     _require(0 <= s.lr_min_ratio <= 1, f"schedule.lr_min_ratio={s.lr_min_ratio}: must be in [0, 1]")
+    _require(s.init in SCHEDULE_INITS, f"schedule.init={s.init}: unknown; allowed: {', '.join(SCHEDULE_INITS)}")
+    _require(s.search_delta > 0 and s.search_lr_start > 0 and s.search_max_forward_passes >= 2,
+             "schedule.search_delta / search_lr_start: must be > 0, schedule.search_max_forward_passes: >= 2")
     t = cfg.train
     _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
     _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
@@ -81,6 +85,7 @@ class Built(NamedTuple):
     params: Any
     tx: Any
     loss_fn: Any
+    lr_multipliers: Any  # full-μP per-layer Adam rates, or None
     loop_cfg: loop.LoopConfig
     key: jax.Array
 
@@ -105,7 +110,8 @@ def build(cfg: DictConfig) -> Built:
     init_key, loop_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
     params = jax.jit(model.init)(init_key, arrays.x_train[:1])["params"]
     o = cfg.optimizer
-    multipliers = models.adam_lr_multipliers(params, cfg.param.name, cfg.param.full_mup) if o.name != "sgd" else None
+    full_mup = o.name != "sgd" and cfg.param.name == "mup" and cfg.param.full_mup  # per-layer rates: Adam only
+    multipliers = models.adam_lr_multipliers(params, "mup", full_mup=True) if full_mup else None
     hyper = dict(momentum=o.momentum) if o.name == "sgd" else dict(b1=o.b1, b2=o.b2, eps=o.eps)
     tx = optim.build_optimizer(o.name, seed=cfg.seed, lr_multipliers=multipliers, **hyper)
     h, a = cfg.sharpness, d.augment
@@ -114,7 +120,7 @@ def build(cfg: DictConfig) -> Built:
         sharpness_every=h.every, sharpness_method=h.method, sharpness_max_iters=h.max_iters, sharpness_tol=h.tol,
         eval_every=cfg.train.eval_every, eval_batch=cfg.train.eval_batch,
         chunk_steps=min(cfg.train.chunk_steps, cfg.train.steps))
-    return Built(dataset, arrays, model, params, tx, losses.get(cfg.loss.name), loop_cfg, loop_key)
+    return Built(dataset, arrays, model, params, tx, losses.get(cfg.loss.name), multipliers, loop_cfg, loop_key)
 
 
 def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curvature.EigResult:
@@ -124,6 +130,15 @@ def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curv
     v0 = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
     solve = jax.jit(lambda p, v: curvature.sharpness(measure_loss, p, v, method=method, max_iters=max_iters, tol=tol))
     return solve(b.params, v0)
+
+
+def search_catapult(b: Built, lr_trgt: float, delta: float, lr_start: float, max_forward_passes: int):
+    """η_c (paper Alg. 1–2) from the optimiser's real first step at θ₀, probed on the measurement batch (the
+    training set for full-batch runs); η is capped at η_trgt, so `found=False` means η_trgt ≤ η_c."""
+    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    direction = catapult.first_direction(b.tx, jax.grad(measure_loss)(b.params), b.params)
+    return catapult.search_eta_c(measure_loss, b.params, direction, lr_start=min(lr_start, lr_trgt), lr_max=lr_trgt,
+                                 delta=delta, max_forward_passes=max_forward_passes)
 
 
 def _nan_to_none(x) -> float | None:
@@ -149,19 +164,27 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
     _require(math.isfinite(lr_trgt) and lr_trgt > 0,
              f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid η_trgt")
     steps = cfg.train.steps
-    sched = schedules.schedule_params(
-        lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init, exponent=s.exponent,
-        decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio)
+    decay = dict(decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio)
+    search = {}
+    if s.init == "catapult":
+        found = search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
+        sched = catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay)
+        search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
+                      t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
+                      t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
+    else:
+        sched = schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
+                                          exponent=s.exponent, **decay)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     summary = dict(status="running", lambda0=lambda0, lr_trgt=lr_trgt, lr_trgt_scale=s.lr_trgt_scale,
                    warmup_steps=s.warmup_steps, steps_completed=0, diverged_step=None,
                    num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
-                   measure_examples=int(b.arrays.x_measure.shape[0]))
+                   measure_examples=int(b.arrays.x_measure.shape[0]), **search)
     records.write_summary(run_dir, summary)
 
-    chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx)
+    chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx, b.lr_multipliers)
     state = loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector)
     first_loss = loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure, b.arrays.y_measure)[0]
     bar = tqdm(total=steps, unit="step", disable=None if cfg.train.progress else True, dynamic_ncols=True, leave=False)

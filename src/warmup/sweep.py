@@ -1,0 +1,263 @@
+"""Batched sweeps: many grid cells that differ only in traced values, trained by ONE compiled program.
+
+    from warmup.sweep import run_batched
+    summaries = run_batched(cfgs, run_dirs)     # one ordinary run record per cell (design §4)
+
+A cell's η_trgt (absolute or c/λ₀ᴴ), T_wrm, η_init and the other schedule numbers are traced `ScheduleParams`
+fields (`schedules.py`), its divergence bound is a traced argument, and its seed only changes arrays (initial
+parameters, PRNG keys, the training subset). So `build(cfg)` once per seed, stack the cells' `LoopState`s and
+`ScheduleParams` along a leading axis, and `jax.vmap` the loop's chunk function over them: every cell advances
+one chunk per program call. A diverged cell is frozen inside the program (the loop's `frozen` flag) and keeps
+riding along as a no-op; its record is finished at the chunk boundary where it froze, while the others go on.
+
+Everything else (model, optimiser, data, batch size, steps, sharpness/eval cadence, …) selects code at trace time;
+a list whose cells differ there is refused with a ValueError naming the key (`static_signature`, `partition`).
+
+Cost under vmap: a `lax.cond` whose predicate differs per cell becomes a `select` that runs both branches. The
+loop's sharpness and test-evaluation conds depend on the per-cell step, so with `sharpness.every = k > 1` or
+`train.eval_every > 1` every step pays for a measurement. All live cells share one step count, so the loop can
+keep a real cond by reducing `due` over the cell axis: `make_chunk_fn(..., axis_name=...)`, which this module
+uses when the loop offers it.
+"""
+import inspect
+import math
+import pathlib
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from warmup import loop, records, schedules, train
+
+# Config keys a batch may vary: all of them reach the program as traced arrays.
+TRACED_KEYS = (
+    "schedule.lr_trgt", "schedule.lr_trgt_scale", "schedule.warmup_steps", "schedule.lr_init",
+    "schedule.exponent", "schedule.decay", "schedule.decay_power", "schedule.lr_min_ratio",
+    "train.divergence_factor", "seed",
+)
+IGNORED_KEYS = ("train.progress",)  # no effect on the result
+AXIS = "cells"  # the vmapped axis's name, for loops whose conds reduce over it
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as {dotted key: leaf}."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def static_signature(cfg: DictConfig) -> tuple:
+    """What must be equal for two cells to share one compiled program (everything but `TRACED_KEYS`)."""
+    skip = set(TRACED_KEYS) | set(IGNORED_KEYS)
+    return tuple(sorted((k, repr(v)) for k, v in _flat(cfg).items() if k not in skip))
+
+
+def check_batchable(cfgs: Sequence[DictConfig]) -> None:
+    """ValueError naming the first static key on which the cells differ (or why seeds cannot vary)."""
+    first = dict(static_signature(cfgs[0]))
+    for i, cfg in enumerate(cfgs[1:], 1):
+        other = dict(static_signature(cfg))
+        for key in sorted(first.keys() | other.keys()):
+            if first.get(key) != other.get(key):
+                raise ValueError(
+                    f"{key}: cells 0 and {i} differ ({first.get(key, '<absent>')} vs {other.get(key, '<absent>')}); "
+                    f"one batch may vary only {', '.join(TRACED_KEYS)} — split the grid with sweep.partition")
+    if cfgs[0].optimizer.name == "ri_adam" and len({c.seed for c in cfgs}) > 1:
+        raise ValueError("seed: RI-Adam's random v₀ is drawn from the seed inside the optimiser (a compile-time "
+                         "constant); batch one seed at a time")
+
+
+def partition(cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """Indices of `cfgs` grouped into batchable lists (same static signature), in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        key = static_signature(cfg) + ((("seed", cfg.seed),) if cfg.optimizer.name == "ri_adam" else ())
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _cell(tree, i):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def _same(a, b) -> bool:
+    return a is b or (a.shape == b.shape and bool(np.array_equal(np.asarray(a), np.asarray(b))))
+
+
+class _Seed:
+    """What a seed determines: the built objects, λ₀ᴴ with its eigenvector, and the initial loss."""
+
+    def __init__(self, cfg: DictConfig):
+        try:
+            self.built = train.build(cfg)
+        except ValueError as err:  # the library's own checks, as in train.execute
+            raise train.ConfigError(str(err)) from err
+        h, b = cfg.sharpness, self.built
+        self.eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
+        self.lambda0 = float(self.eig0.value)
+        self.first_loss = float(loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure,
+                                               b.arrays.y_measure)[0])
+
+
+def _make_chunk_fn(b: train.Built):
+    """The loop's chunk function; with the cond-preserving `axis_name` when the loop has it."""
+    kwargs = {"axis_name": AXIS} if "axis_name" in inspect.signature(loop.make_chunk_fn).parameters else {}
+    return loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx, b.lr_multipliers, **kwargs)
+
+
+def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) -> list[dict]:
+    """Train every cell of `cfgs` into its `run_dirs[i]` in one vmapped program; return the summaries in order.
+
+    Cells whose record is already finished are skipped (their summary is read back); unfinished ones (no record,
+    or a `running` one from a killed batch) are trained from the start. The records — config.yaml, metrics.csv,
+    summary.json — have the content and status logic of `train.execute`, plus `batched_cells` (how many cells
+    shared the program); `wall_time_s` is the batch's time from its start to the end of that cell.
+    """
+    if len(cfgs) != len(run_dirs):
+        raise ValueError(f"{len(cfgs)} configs but {len(run_dirs)} run directories")
+    run_dirs = [pathlib.Path(d) for d in run_dirs]
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise ValueError("run_dirs: two cells share one run directory")
+    if not cfgs:
+        return []
+    check_batchable(cfgs)
+    summaries: list[dict | None] = [None] * len(cfgs)
+    todo = []
+    for i, d in enumerate(run_dirs):
+        if records.is_finished(d):
+            summaries[i] = records.read_summary(d)
+            print(f"{d}: already finished ({summaries[i]['status']}), skipped")
+        else:
+            todo.append(i)
+    if todo:
+        for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo])):
+            summaries[i] = summary
+    return summaries
+
+
+def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
+    start = time.perf_counter()
+    for cfg in cfgs:
+        train.validate(cfg)
+    n, cfg0 = len(cfgs), cfgs[0]
+    seeds: dict[int, _Seed] = {}
+    for cfg in cfgs:  # one build per seed, in first-seen order
+        if cfg.seed not in seeds:
+            seeds[cfg.seed] = _Seed(cfg)
+    cells = [seeds[c.seed] for c in cfgs]
+    b0 = cells[0].built
+    for s in seeds.values():
+        m0, m = b0.lr_multipliers, s.built.lr_multipliers
+        if (m0 is None) != (m is None) or (m is not None and not all(
+                jax.tree.leaves(jax.tree.map(lambda x, y: x == y, m0, m)))):
+            raise ValueError("seed: the per-layer learning-rate multipliers differ between seeds; batch one seed")
+
+    steps = cfg0.train.steps
+    lr_trgts, sched_list, summaries = [], [], []
+    for cfg, cell, run_dir in zip(cfgs, cells, run_dirs):
+        s = cfg.schedule
+        lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / cell.lambda0
+        train._require(math.isfinite(lr_trgt) and lr_trgt > 0,
+                       f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {cell.lambda0:.4g} at initialisation gives "
+                       f"no valid η_trgt")
+        lr_trgts.append(lr_trgt)
+        sched_list.append(schedules.schedule_params(
+            lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init, exponent=s.exponent,
+            decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio))
+        b = cell.built
+        summary = dict(status="running", lambda0=cell.lambda0, lr_trgt=lr_trgt, lr_trgt_scale=s.lr_trgt_scale,
+                       warmup_steps=s.warmup_steps, steps_completed=0, diverged_step=None,
+                       num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
+                       measure_examples=int(b.arrays.x_measure.shape[0]), batched_cells=n)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.csv").unlink(missing_ok=True)  # a half-finished earlier attempt is redone from scratch
+        records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        records.write_summary(run_dir, summary)
+        summaries.append(summary)
+
+    # Arrays: a field shared by every seed is passed once (in_axes None), one that differs is stacked per cell.
+    fields = loop.Arrays._fields
+    shared = {f: all(_same(getattr(b0.arrays, f), getattr(c.built.arrays, f)) for c in seeds.values())
+              for f in fields}
+    arrays = loop.Arrays(*(getattr(b0.arrays, f) if shared[f] else jnp.stack([getattr(c.built.arrays, f)
+                                                                             for c in cells]) for f in fields))
+    array_axes = loop.Arrays(*(None if shared[f] else 0 for f in fields))
+    states = [loop.init_state(c.built.params, c.built.tx.init(c.built.params), c.built.key, c.eig0.vector)
+              for c in cells]
+    state, sched = _stack(states), _stack(sched_list)
+    loss_bound = jnp.asarray([c.train.divergence_factor * cell.first_loss for c, cell in zip(cfgs, cells)],
+                             jnp.float32)
+    chunk = jax.jit(jax.vmap(_make_chunk_fn(b0), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
+
+    x_train_eval = {seed: loop.pad_for_eval(np.asarray(s.built.arrays.x_train), np.asarray(s.built.arrays.y_train),
+                                            cfg0.train.eval_batch) for seed, s in seeds.items()}
+    evaluate = jax.jit(lambda p, x, y, w: loop.evaluate(b0.model.apply, b0.loss_fn, p, x, y, w,
+                                                        cfg0.train.eval_batch))
+    bar = tqdm(total=steps, unit="step", disable=None if cfg0.train.progress else True, dynamic_ncols=True,
+               leave=False)
+    chunks: list[list[pd.DataFrame]] = [[] for _ in range(n)]
+    open_cells = set(range(n))
+    while open_cells:
+        state, metrics = chunk(state, sched, arrays, loss_bound, jnp.int32(steps))
+        metrics = jax.device_get(metrics)
+        valid = metrics.pop("valid")
+        frozen, step = np.asarray(state.frozen), np.asarray(state.step)
+        bar.update(int(valid.any(axis=0).sum()))
+        bar.set_postfix(running=int((~frozen & (step < steps)).sum()), diverged=int(frozen.sum()))
+        for i in sorted(open_cells):
+            rows = {name: np.asarray(values[i])[valid[i]] for name, values in metrics.items()}
+            chunks[i].append(pd.DataFrame(rows))
+            records.write_metrics(run_dirs[i], pd.concat(chunks[i], ignore_index=True))
+            records.write_summary(run_dirs[i], {**summaries[i], "steps_completed": int(step[i])})
+            if frozen[i] or step[i] >= steps:
+                open_cells.discard(i)
+                params = _cell(state.params, i)
+                _finish(cfgs[i], run_dirs[i], summaries[i], pd.concat(chunks[i], ignore_index=True), params,
+                        bool(frozen[i]), int(step[i]), int(state.diverged_step[i]), cells[i].built,
+                        lambda p: evaluate(p, *x_train_eval[cfgs[i].seed]), evaluate, start)
+    bar.close()
+    return summaries
+
+
+def _finish(cfg, run_dir, summary, metrics, params, frozen, steps_completed, diverged_step, b, eval_train,
+            evaluate, start) -> None:
+    """train.execute's end of a run: final evaluation, status, summary (updated in place) — see the report."""
+    nan_to_none = train._nan_to_none
+    if frozen:
+        final_train_loss, final_train_acc = metrics.train_loss.iloc[-1], metrics.train_acc.iloc[-1]
+        final_test_loss = final_test_acc = float("nan")
+    else:
+        final_train_loss, final_train_acc = map(float, eval_train(params))
+        final_test_loss, final_test_acc = map(float, evaluate(params, b.arrays.x_test, b.arrays.y_test,
+                                                              b.arrays.w_test))
+        final_row = dict(step=cfg.train.steps, train_loss=final_train_loss, train_acc=final_train_acc,
+                         test_loss=final_test_loss, test_acc=final_test_acc)
+        metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
+        records.write_metrics(run_dir, metrics)
+    status = loop.run_status(frozen, float(final_train_acc), b.dataset.num_classes)
+    summary.update(
+        status=status, steps_completed=steps_completed, diverged_step=diverged_step if frozen else None,
+        final_train_loss=nan_to_none(final_train_loss), final_train_acc=nan_to_none(final_train_acc),
+        final_test_loss=nan_to_none(final_test_loss), final_test_acc=nan_to_none(final_test_acc),
+        best_test_acc=nan_to_none(metrics.test_acc.max()) if metrics.test_acc.notna().any() else None,
+        wall_time_s=time.perf_counter() - start)
+    records.write_summary(run_dir, summary)
+    print(f"{run_dir}: {status} after {steps_completed} steps, λ₀ᴴ = {summary['lambda0']:.4g}, "
+          f"η_trgt = {summary['lr_trgt']:.4g}, final train loss {final_train_loss:.4g}, test acc {final_test_acc:.4f}")
