@@ -24,15 +24,20 @@ What is measured
     against the target overhead <= 10 %, and whether the two give the same final training loss (they run the same
     math; agreement is checked to a tolerance of 1e-4 relative, as XLA may fuse the two programs differently).
 
-    Cases: (1) full-batch GD on FCN-4-512 (SP, MSE, 2000 Fashion-MNIST examples, warmup 100 steps to η = 0.1);
+    Cases: (1) full-batch GD on FCN-4-512 (SP, MSE, 2000 Fashion-MNIST examples, warmup 100 steps to η = 0.1),
+               default 100 steps × 3 reps;
            (2) minibatch WRN-10-1 (SGD momentum 0.9, cross-entropy, batch 128 of 5000, flip + 4-pixel crop,
-               warmup 100 steps to η = 0.1). Sharpness and evaluation are off in both.
+               warmup 100 steps to η = 0.1), default 3 steps × 3 reps. Sharpness and evaluation are off in both.
+    Why so few WRN steps: on XLA:CPU a convolution's gradient inside a while loop (every `lax.scan`, in both
+    programs) runs ~10× slower than the same step in a plain `jit` (jax-ml/jax#12868): ~5–6 s per WRN-10-1 step
+    on 2 busy cores against ~0.5 s outside a loop, so 50 steps × 5 reps × 2 programs would take an hour. This
+    slows both programs alike and leaves the ratio meaningful; pass `--wrn-steps 50` where time allows.
 
-How to run (CPU; about 3–4 minutes on 2 cores, `--quick` well under a minute):
+How to run (CPU; about 4 minutes on 2 cores, `--quick` about 1–2 minutes):
     .venv/bin/python benchmarks/step_overhead.py [--quick] [--reps N] [--fcn-steps N] [--wrn-steps N]
 """
 import argparse
-import pathlib
+import os
 import statistics
 import sys
 import time
@@ -193,18 +198,19 @@ def bench(name: str, steps: int, reps: int) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and reps (smoke test, < 1 minute)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per path (default 5, quick 2)")
-    parser.add_argument("--fcn-steps", type=int, default=None, help="steps per repetition, FCN (default 200)")
-    parser.add_argument("--wrn-steps", type=int, default=None, help="steps per repetition, WRN (default 50)")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and reps (smoke test, 1-2 minutes)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per path (default 3, quick 2)")
+    parser.add_argument("--fcn-steps", type=int, default=None, help="steps per repetition, FCN (default 100, quick 20)")
+    parser.add_argument("--wrn-steps", type=int, default=None, help="steps per repetition, WRN (default 3, quick 2)")
     parser.add_argument("--cases", default="fcn,wrn", help="comma-separated subset of: fcn, wrn")
     args = parser.parse_args()
-    reps = args.reps or (2 if args.quick else 5)
-    steps = dict(fcn=args.fcn_steps or (40 if args.quick else 200), wrn=args.wrn_steps or (10 if args.quick else 50))
+    reps = args.reps or (2 if args.quick else 3)
+    steps = dict(fcn=args.fcn_steps or (20 if args.quick else 100), wrn=args.wrn_steps or (2 if args.quick else 3))
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), "
-          f"data {DATA_ROOT}")
+          f"data {DATA_ROOT}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     results = {name: bench(name, steps[name], reps) for name in args.cases.split(",")}
-    print("\nsummary: " + ", ".join(f"{n} {'PASS' if ok else 'FAIL'}" for n, ok in results.items()))
+    verdicts = ", ".join(f"{n} {'PASS' if ok else 'FAIL'}" for n, ok in results.items())
+    print(f"\nload average {os.getloadavg()[0]:.1f}; summary: {verdicts}")
     return 0 if all(results.values()) else 1
 
 

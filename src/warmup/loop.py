@@ -62,6 +62,7 @@ class LoopConfig:
     eval_every: int = 0
     eval_batch: int = 1000
     chunk_steps: int = 100
+    scan_unroll: int = 1  # steps unrolled per scan iteration: convolutions run far slower in a rolled CPU loop
 
     @property
     def preconditioned(self) -> bool:
@@ -184,7 +185,7 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
     @jax.jit
     def chunk(state, sched, arrays, loss_bound, total_steps):
         return lax.scan(lambda s, _: train_step(s, sched, arrays, loss_bound, total_steps), state, None,
-                        length=cfg.chunk_steps)
+                        length=cfg.chunk_steps, unroll=cfg.scan_unroll)
 
     return chunk
 

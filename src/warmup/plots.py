@@ -21,19 +21,23 @@ class Run(NamedTuple):
 
 
 class Panel(NamedTuple):
-    """One column of a trajectory figure: `column` against the step, `threshold` (a metrics column) dashed."""
+    """One column of a trajectory figure: `column` against the step, and thresholds drawn in the run's colour,
+    each a (metrics column, scale) pair — dashed, then dotted."""
     column: str
     label: str
-    threshold: str | None = None
-    threshold_scale: float = 1.0  # e.g. 1/(1+β) to draw 2/η next to the logged (2+2β)/η
+    thresholds: tuple[tuple[str, float], ...] = ()
     log: bool = True
 
 
 PANELS = {
     "loss": Panel("train_loss", "training loss"),
-    "sharpness": Panel("sharpness", r"sharpness $\lambda^H_t$  (dashed: $2/\eta_t$)", "sharpness_threshold"),
-    "pre_sharpness": Panel("pre_sharpness", r"$\lambda^{P^{-1}H}_t$  (dashed: $38/\eta_t$)", "pre_sharpness_threshold"),
-    "adam_sharpness": Panel("sharpness", r"$\lambda^H_t$  (dashed: $3.8/\eta_t$)", "sharpness_threshold"),
+    "sharpness": Panel("sharpness", r"sharpness $\lambda^H_t$  (dashed: $2/\eta_t$)", (("sharpness_threshold", 1.0),)),
+    # SGD with momentum β = 0.9 logs (2+2β)/η; 2/η (its value at initialisation) is that times 1/(1+β).
+    "momentum_sharpness": Panel("sharpness", r"$\lambda^H_t$  (dashed: $(2+2\beta)/\eta_t$, dotted: $2/\eta_t$)",
+                                (("sharpness_threshold", 1.0), ("sharpness_threshold", 1 / 1.9))),
+    "pre_sharpness": Panel("pre_sharpness", r"$\lambda^{P^{-1}H}_t$  (dashed: $38/\eta_t$)",
+                           (("pre_sharpness_threshold", 1.0),)),
+    "adam_sharpness": Panel("sharpness", r"$\lambda^H_t$  (dashed: $3.8/\eta_t$)", (("sharpness_threshold", 1.0),)),
     "lr": Panel("lr", r"learning rate $\eta_t$"),
 }
 
@@ -84,10 +88,9 @@ def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, col
                         label=f"{color_label} = {value}" + (" (diverged)" if run.summary.get("status") == "diverged" else ""))
                 if run.summary.get("status") == "diverged" and len(series):
                     ax.plot(step.iloc[-1], series[panel.column].iloc[-1], "x", color=colors[value], ms=8)
-                if panel.threshold is not None and panel.threshold in m:
-                    thr = m[["step", panel.threshold]].dropna()
-                    ax.plot(thr.step + 1, panel.threshold_scale * thr[panel.threshold], "--", color=colors[value],
-                            lw=0.9, alpha=0.8)
+                for (column, scale), style in zip(panel.thresholds, ("--", ":")):
+                    thr = m[["step", column]].dropna()
+                    ax.plot(thr.step + 1, scale * thr[column], style, color=colors[value], lw=0.9, alpha=0.8)
         for j, (ax, panel) in enumerate(zip(axes[i], panels)):
             ax.set_xscale("log")
             if panel.log:

@@ -57,6 +57,8 @@ def validate(cfg: DictConfig) -> None:
     _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
     _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
              f"train.chunk_steps={t.chunk_steps}: must be an integer >= 1")
+    _require(isinstance(t.scan_unroll, int) and t.scan_unroll >= 1,
+             f"train.scan_unroll={t.scan_unroll}: must be an integer >= 1")
     _require(isinstance(t.eval_every, int) and t.eval_every >= 0,
              f"train.eval_every={t.eval_every}: must be an integer >= 0 (0 = only at the end)")
     _require(t.divergence_factor > 1, f"train.divergence_factor={t.divergence_factor}: must be > 1")
@@ -119,7 +121,7 @@ def build(cfg: DictConfig) -> Built:
         optimizer=o.name, **hyper, batch_size=d.batch_size, flip=a.flip, crop=a.crop, mixup_alpha=a.mixup_alpha,
         sharpness_every=h.every, sharpness_method=h.method, sharpness_max_iters=h.max_iters, sharpness_tol=h.tol,
         eval_every=cfg.train.eval_every, eval_batch=cfg.train.eval_batch,
-        chunk_steps=min(cfg.train.chunk_steps, cfg.train.steps))
+        chunk_steps=min(cfg.train.chunk_steps, cfg.train.steps), scan_unroll=cfg.train.scan_unroll)
     return Built(dataset, arrays, model, params, tx, losses.get(cfg.loss.name), multipliers, loop_cfg, loop_key)
 
 
