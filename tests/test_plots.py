@@ -23,7 +23,7 @@ def test_shrunken_fig1_runs_end_to_end_and_renders(data_root, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["+exp=fig1_cpu", f"data.root={data_root}", "model.width=8", "model.depth=3", "data.num_examples=64",
             "train.steps=12", "train.chunk_steps=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}",
-            "hydra.sweeper.params.schedule.warmup_steps=1,4"]
+            "schedule.warmup_steps=1,4"]
     result = subprocess.run([sys.executable, "-m", "warmup.train", *args], cwd=tmp_path, capture_output=True,
                             text=True, env={**os.environ, "WARMUP_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

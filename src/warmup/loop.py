@@ -111,12 +111,21 @@ def _skipped(v0):
 
 
 def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
-                  lr_multipliers=None):
+                  lr_multipliers=None, axis_name: str | None = None):
     """A jitted `chunk(state, sched, arrays, loss_bound, total_steps) -> (state, metrics)` of `cfg.chunk_steps` steps.
 
     Steps past `total_steps` or after divergence are no-ops whose metric rows carry `valid = False`.
     `lr_multipliers` (full-μP per-layer rates c) make the update's preconditioner P/c.
+    `axis_name`: set it when the chunk is `jax.vmap`ped over runs with that axis name (`warmup.sweep`). A cond whose
+    predicate differs per run would become a select that measures every step; reducing `due` over the runs keeps a
+    real cond (all live runs share one step count, so they are due together) and selects per run inside it.
     """
+
+    def when(due, measure, skip):
+        if axis_name is None:
+            return lax.cond(due, measure, skip)
+        any_due = lax.psum(due.astype(jnp.int32), axis_name) > 0
+        return lax.cond(any_due, lambda: jax.tree.map(lambda a, b: jnp.where(due, a, b), measure(), skip()), skip)
 
     def train_step(state: LoopState, sched, arrays: Arrays, loss_bound, total_steps):
         key, batch_key, aug_key = jax.random.split(state.key, 3)
@@ -137,15 +146,15 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
         eig, pre_eig = _skipped(state.eigvec), _skipped(state.pre_eigvec)
         if cfg.sharpness_every > 0:
             due = live & (state.step % cfg.sharpness_every == 0)
-            eig = lax.cond(due, lambda: _measure(cfg, measure_loss, state.params, state.eigvec),
-                           lambda: _skipped(state.eigvec))
+            eig = when(due, lambda: _measure(cfg, measure_loss, state.params, state.eigvec),
+                       lambda: _skipped(state.eigvec))
             if cfg.preconditioned:
                 moments = adam_moments(opt_state)  # after this step's update: count = t+1, nu = v_{t+1}
                 precond = curvature.adam_preconditioner(moments.count, moments.nu, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
                 if lr_multipliers is not None:
                     precond = jax.tree.map(jnp.divide, precond, lr_multipliers)
-                pre_eig = lax.cond(due, lambda: _measure(cfg, measure_loss, state.params, state.pre_eigvec, precond),
-                                   lambda: _skipped(state.pre_eigvec))
+                pre_eig = when(due, lambda: _measure(cfg, measure_loss, state.params, state.pre_eigvec, precond),
+                               lambda: _skipped(state.pre_eigvec))
         sharp_thr, pre_thr = curvature.thresholds(lr, optimizer=cfg.optimizer, momentum=cfg.momentum, b1=cfg.b1)
         iterations = lambda e: jnp.where(jnp.isnan(e.value), jnp.nan, e.iterations.astype(jnp.float32))
         metrics.update(
@@ -157,7 +166,7 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
         )
         if cfg.eval_every > 0:
             due = live & (state.step % cfg.eval_every == 0)
-            test_loss, test_acc = lax.cond(
+            test_loss, test_acc = when(
                 due,
                 lambda: evaluate(apply_fn, loss_fn, state.params, arrays.x_test, arrays.y_test, arrays.w_test,
                                  cfg.eval_batch),

@@ -32,12 +32,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from warmup import loop, records, schedules, train
+from warmup import catapult, loop, records, schedules, train
 
 # Config keys a batch may vary: all of them reach the program as traced arrays.
 TRACED_KEYS = (
     "schedule.lr_trgt", "schedule.lr_trgt_scale", "schedule.warmup_steps", "schedule.lr_init",
     "schedule.exponent", "schedule.decay", "schedule.decay_power", "schedule.lr_min_ratio",
+    "schedule.init", "schedule.search_delta", "schedule.search_lr_start", "schedule.search_max_forward_passes",
     "train.divergence_factor", "seed",
 )
 IGNORED_KEYS = ("train.progress",)  # no effect on the result
@@ -70,11 +71,14 @@ def check_batchable(cfgs: Sequence[DictConfig]) -> None:
     first = dict(static_signature(cfgs[0]))
     for i, cfg in enumerate(cfgs[1:], 1):
         other = dict(static_signature(cfg))
-        for key in sorted(first.keys() | other.keys()):
-            if first.get(key) != other.get(key):
-                raise ValueError(
-                    f"{key}: cells 0 and {i} differ ({first.get(key, '<absent>')} vs {other.get(key, '<absent>')}); "
-                    f"one batch may vary only {', '.join(TRACED_KEYS)} — split the grid with sweep.partition")
+        # a group's choice (optimizer.name, model.name, …) first: it explains the keys that come with it
+        differ = sorted((k for k in first.keys() | other.keys() if first.get(k) != other.get(k)),
+                        key=lambda k: (not k.endswith(".name"), k))
+        if differ:
+            key, more = differ[0], f" (and {', '.join(differ[1:])})" if differ[1:] else ""
+            raise ValueError(
+                f"{key}: cells 0 and {i} differ ({first.get(key, '<absent>')} vs {other.get(key, '<absent>')}){more}; "
+                f"one batch may vary only {', '.join(TRACED_KEYS)}; split the grid with sweep.partition")
     if cfgs[0].optimizer.name == "ri_adam" and len({c.seed for c in cfgs}) > 1:
         raise ValueError("seed: RI-Adam's random v₀ is drawn from the seed inside the optimiser (a compile-time "
                          "constant); batch one seed at a time")
@@ -114,6 +118,25 @@ class _Seed:
         self.lambda0 = float(self.eig0.value)
         self.first_loss = float(loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure,
                                                b.arrays.y_measure)[0])
+
+
+def _schedule(cfg: DictConfig, cell: _Seed):
+    """train.execute's η_trgt and schedule for one cell: (lr_trgt, ScheduleParams, η_c search fields)."""
+    s, b, lambda0 = cfg.schedule, cell.built, cell.lambda0
+    lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / lambda0
+    train._require(math.isfinite(lr_trgt) and lr_trgt > 0,
+                   f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid "
+                   f"η_trgt")
+    decay = dict(decay_power=s.decay_power if s.decay else 0.0, total_steps=cfg.train.steps,
+                 lr_min_ratio=s.lr_min_ratio)
+    if s.init != "catapult":
+        return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
+                                                  exponent=s.exponent, **decay), {}
+    found = train.search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
+    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
+                  t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
+                  t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
+    return lr_trgt, catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay), search
 
 
 def _make_chunk_fn(b: train.Built):
@@ -166,26 +189,18 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     for s in seeds.values():
         m0, m = b0.lr_multipliers, s.built.lr_multipliers
         if (m0 is None) != (m is None) or (m is not None and not all(
-                jax.tree.leaves(jax.tree.map(lambda x, y: x == y, m0, m)))):
+                jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), m0, m)))):
             raise ValueError("seed: the per-layer learning-rate multipliers differ between seeds; batch one seed")
 
     steps = cfg0.train.steps
-    lr_trgts, sched_list, summaries = [], [], []
-    for cfg, cell, run_dir in zip(cfgs, cells, run_dirs):
-        s = cfg.schedule
-        lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / cell.lambda0
-        train._require(math.isfinite(lr_trgt) and lr_trgt > 0,
-                       f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {cell.lambda0:.4g} at initialisation gives "
-                       f"no valid η_trgt")
-        lr_trgts.append(lr_trgt)
-        sched_list.append(schedules.schedule_params(
-            lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init, exponent=s.exponent,
-            decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio))
-        b = cell.built
+    planned = [_schedule(cfg, cell) for cfg, cell in zip(cfgs, cells)]  # every check before any record is written
+    summaries = []
+    for cfg, cell, run_dir, (lr_trgt, _, search) in zip(cfgs, cells, run_dirs, planned):
+        s, b = cfg.schedule, cell.built
         summary = dict(status="running", lambda0=cell.lambda0, lr_trgt=lr_trgt, lr_trgt_scale=s.lr_trgt_scale,
                        warmup_steps=s.warmup_steps, steps_completed=0, diverged_step=None,
                        num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
-                       measure_examples=int(b.arrays.x_measure.shape[0]), batched_cells=n)
+                       measure_examples=int(b.arrays.x_measure.shape[0]), **search, batched_cells=n)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.csv").unlink(missing_ok=True)  # a half-finished earlier attempt is redone from scratch
         records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -201,7 +216,7 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     array_axes = loop.Arrays(*(None if shared[f] else 0 for f in fields))
     states = [loop.init_state(c.built.params, c.built.tx.init(c.built.params), c.built.key, c.eig0.vector)
               for c in cells]
-    state, sched = _stack(states), _stack(sched_list)
+    state, sched = _stack(states), _stack([p[1] for p in planned])
     loss_bound = jnp.asarray([c.train.divergence_factor * cell.first_loss for c, cell in zip(cfgs, cells)],
                              jnp.float32)
     chunk = jax.jit(jax.vmap(_make_chunk_fn(b0), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))

@@ -159,32 +159,12 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
         b = build(cfg)
     except ValueError as err:  # the library's own checks (optimiser hyperparameters, model depth, ...)
         raise ConfigError(str(err)) from err
-    h, s = cfg.sharpness, cfg.schedule
+    h = cfg.sharpness
     eig0 = initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
     lambda0 = float(eig0.value)
-    lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / lambda0
-    _require(math.isfinite(lr_trgt) and lr_trgt > 0,
-             f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid η_trgt")
+    lr_trgt, sched, search = plan_schedule(cfg, b, lambda0)
     steps = cfg.train.steps
-    decay = dict(decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio)
-    search = {}
-    if s.init == "catapult":
-        found = search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
-        sched = catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay)
-        search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
-                      t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
-                      t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
-    else:
-        sched = schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
-                                          exponent=s.exponent, **decay)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    summary = dict(status="running", lambda0=lambda0, lr_trgt=lr_trgt, lr_trgt_scale=s.lr_trgt_scale,
-                   warmup_steps=s.warmup_steps, steps_completed=0, diverged_step=None,
-                   num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
-                   measure_examples=int(b.arrays.x_measure.shape[0]), **search)
-    records.write_summary(run_dir, summary)
+    summary = start_record(cfg, run_dir, b, lambda0, lr_trgt, search)
 
     chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx, b.lr_multipliers)
     state = loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector)
@@ -204,35 +184,79 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
         records.write_summary(run_dir, {**summary, "steps_completed": int(state.step)})
     bar.close()
 
-    frozen = bool(state.frozen)
-    metrics = pd.concat(chunks, ignore_index=True)
+    return finish_record(cfg, run_dir, summary, pd.concat(chunks, ignore_index=True), b, state.params,
+                         frozen=bool(state.frozen), steps_completed=int(state.step),
+                         diverged_step=int(state.diverged_step), evaluate=make_evaluate(b, cfg.train.eval_batch),
+                         start=start)
+
+
+def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, schedules.ScheduleParams, dict]:
+    """A run's absolute η_trgt (schedule.lr_trgt, or schedule.lr_trgt_scale/λ₀ᴴ), its schedule (linear warmup, or
+    catapult-initialised after an η_c search) and the search's summary fields ({} for linear)."""
+    s = cfg.schedule
+    lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / lambda0
+    _require(math.isfinite(lr_trgt) and lr_trgt > 0,
+             f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid η_trgt")
+    decay = dict(decay_power=s.decay_power if s.decay else 0.0, total_steps=cfg.train.steps,
+                 lr_min_ratio=s.lr_min_ratio)
+    if s.init != "catapult":
+        return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
+                                                  exponent=s.exponent, **decay), {}
+    found = search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
+    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
+                  t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
+                  t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
+    return lr_trgt, catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay), search
+
+
+def start_record(cfg: DictConfig, run_dir: pathlib.Path, b: Built, lambda0: float, lr_trgt: float, search: dict,
+                 **extra) -> dict:
+    """config.yaml and a `running` summary.json (a stale metrics.csv of an unfinished attempt is removed)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.csv").unlink(missing_ok=True)
+    records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    summary = dict(status="running", lambda0=lambda0, lr_trgt=lr_trgt, lr_trgt_scale=cfg.schedule.lr_trgt_scale,
+                   warmup_steps=cfg.schedule.warmup_steps, steps_completed=0, diverged_step=None,
+                   num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
+                   measure_examples=int(b.arrays.x_measure.shape[0]), **search, **extra)
+    records.write_summary(run_dir, summary)
+    return summary
+
+
+def make_evaluate(b: Built, eval_batch: int):
+    """jitted `(params, x, y, w) -> (mean loss, accuracy)` over a padded set; build once, reuse across runs."""
+    return jax.jit(lambda p, x, y, w: loop.evaluate(b.model.apply, b.loss_fn, p, x, y, w, eval_batch))
+
+
+def finish_record(cfg: DictConfig, run_dir: pathlib.Path, summary: dict, metrics: pd.DataFrame, b: Built, params, *,
+                  frozen: bool, steps_completed: int, diverged_step: int, evaluate, start: float) -> dict:
+    """The end of a run: final train/test evaluation (none for a diverged run), the status, summary.json."""
     if frozen:
         final_train_loss, final_train_acc = metrics.train_loss.iloc[-1], metrics.train_acc.iloc[-1]
         final_test_loss = final_test_acc = float("nan")
     else:
         x_train_eval = loop.pad_for_eval(np.asarray(b.arrays.x_train), np.asarray(b.arrays.y_train),
                                          cfg.train.eval_batch)
-        evaluate = jax.jit(lambda p, x, y, w: loop.evaluate(b.model.apply, b.loss_fn, p, x, y, w,
-                                                            cfg.train.eval_batch))
-        final_train_loss, final_train_acc = map(float, evaluate(state.params, *x_train_eval))
-        final_test_loss, final_test_acc = map(float, evaluate(state.params, b.arrays.x_test, b.arrays.y_test,
-                                                             b.arrays.w_test))
-        final_row = dict(step=steps, train_loss=final_train_loss, train_acc=final_train_acc,
+        final_train_loss, final_train_acc = map(float, evaluate(params, *x_train_eval))
+        final_test_loss, final_test_acc = map(float, evaluate(params, b.arrays.x_test, b.arrays.y_test,
+                                                              b.arrays.w_test))
+        final_row = dict(step=cfg.train.steps, train_loss=final_train_loss, train_acc=final_train_acc,
                          test_loss=final_test_loss, test_acc=final_test_acc)
         metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
         records.write_metrics(run_dir, metrics)
     status = loop.run_status(frozen, float(final_train_acc), b.dataset.num_classes)
-    summary.update(
-        status=status, steps_completed=int(state.step),
-        diverged_step=int(state.diverged_step) if frozen else None,
-        final_train_loss=_nan_to_none(final_train_loss), final_train_acc=_nan_to_none(final_train_acc),
-        final_test_loss=_nan_to_none(final_test_loss), final_test_acc=_nan_to_none(final_test_acc),
-        best_test_acc=_nan_to_none(metrics.test_acc.max()) if metrics.test_acc.notna().any() else None,
-        wall_time_s=time.perf_counter() - start)
+    summary = {**summary,
+               "status": status, "steps_completed": steps_completed,
+               "diverged_step": diverged_step if frozen else None,
+               "final_train_loss": _nan_to_none(final_train_loss), "final_train_acc": _nan_to_none(final_train_acc),
+               "final_test_loss": _nan_to_none(final_test_loss), "final_test_acc": _nan_to_none(final_test_acc),
+               "best_test_acc": _nan_to_none(metrics.test_acc.max()) if metrics.test_acc.notna().any() else None,
+               "wall_time_s": time.perf_counter() - start}
     records.write_summary(run_dir, summary)
-    print(f"{run_dir}: {status} after {summary['steps_completed']} steps, λ₀ᴴ = {lambda0:.4g}, "
-          f"η_trgt = {lr_trgt:.4g}, final train loss {final_train_loss:.4g}, test acc {final_test_acc:.4f}")
+    print(f"{run_dir}: {status} after {steps_completed} steps, λ₀ᴴ = {summary['lambda0']:.4g}, "
+          f"η_trgt = {summary['lr_trgt']:.4g}, final train loss {final_train_loss:.4g}, test acc {final_test_acc:.4f}")
     return summary
+
 
 
 def _quiet_jax_logs() -> None:

@@ -1,0 +1,257 @@
+"""Cost and accuracy of sharpness tracking along a real warmup trajectory.
+
+What is measured
+    The trajectory: the first STEPS full-batch GD steps of an SP FCN-4 (MSE, Fashion-MNIST subset) with linear
+    warmup to η_trgt = 32/λ₀ᴴ over T_wrm steps — composed with Hydra's compose API from src/warmup/configs/train.yaml,
+    built by `train.build(cfg)`, λ₀ᴴ by `train.initial_sharpness` (as `train.execute` does), trained by the REAL loop
+    (`loop.make_chunk_fn` + `loop.init_state` + `loop.run`). CPU-sized defaults: FCN-4-64 (59,210 parameters) on
+    1000 examples. T_wrm = 4: this SP net's λᴴ falls fast on its own (29 → ~2 within 50 steps), so with T_wrm ≥ 8
+    no step raises the loss by > 5 %; T_wrm = 4 gives a catapult at step 2 (loss ×1.24), after which λᴴ sits at the
+    edge of stability just above 2/η_trgt for the rest of the run (T_wrm = 2 diverges). All printed.
+
+    Two ways of measuring λᴴ_t = λ_max(∇²L(θ_t)) at every step t:
+      (a) the paper's setting: LOBPCG (`curvature.top_eigenpair(method="lobpcg", max_iters=100, tol=1e-9)`, i.e.
+          jax's lobpcg_standard with k = 1) started from the SAME fixed random vector at every step;
+      (b) the project's default tracker: `sharpness.every=1` with the default `sharpness=lanczos` config
+          (lanczos, max_iters 20, tol 1e-3, warm-started from the previous step's eigenvector), inside the loop.
+    Reference: a tight cold Lanczos solve at every θ_t (max_iters 64, tol 1e-7, float32, from a fixed random
+    vector independent of both), with its true relative residual ‖Hv − λv‖/λ checked by one extra HVP.
+
+    Runs of the real loop (all from the same initial state, key and schedule):
+      untracked  sharpness.every=0, one chunk of STEPS steps;
+      tracked    sharpness.every=1 (default tracker), one chunk of STEPS steps;
+      replay     the tracked config with chunk_steps=1: `state.params` is kept after every chunk, giving θ_0…θ_{T−1}
+                 (the parameters at which step t measures λᴴ), with the tracker's own λᴴ_t and HVP counts.
+      (tracked and replay run the same per-step math; the printed loss-curve difference checks it.)
+    Timing: each chunk fn is compiled by an untimed warm-up call; untracked and tracked are then timed over REPS
+    repetitions of the full STEPS steps, interleaved (U T, T U, …) because the machine is shared, medians reported.
+    (a) cannot run inside the loop (the loop warm-starts; the paper restarts from a fixed vector), so it is timed
+    as a jitted standalone solve per θ_t, and its "tracked step" is untracked step + that solve. For
+    apples-to-apples per-measurement seconds, (b) is also timed as a standalone jitted warm-started chain.
+    Because (a) costs ~400 HVPs per measurement, it runs on every A_STRIDE-th step of the trajectory plus the
+    catapult steps and (b)'s worst step (printed); its HVP count does not vary (float32 never reaches tol 1e-9, so
+    all 100 iterations run: 4·100 + 2 matvecs).
+
+    Printed for (a) and (b): mean (and max) HVPs per measurement, seconds per measurement, seconds per tracked step,
+    the max relative deviation |λ − λ_ref|/λ_ref, and the real loop's tracked/untracked step-time ratio.
+    Targets (from the issue): HVPs(a)/HVPs(b) ≥ 10 with (b) deviation ≤ 1 %; tracked step ≤ 3× untracked step.
+
+How to run (CPU; about 4–5 minutes on 2 shared cores, `--quick` (100 steps) about 2 minutes):
+    .venv/bin/python benchmarks/sharpness_cost.py [--quick] [--reps N] [--a-stride K] [--steps T] [--warmup-steps T_wrm] [--width W] [--examples N]
+"""
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hydra import compose, initialize_config_dir
+from jax.flatten_util import ravel_pytree
+
+from warmup import curvature, loop, schedules, train
+
+DATA_ROOT = "/usr/share/datasets/fashion-mnist"
+HVP_RATIO_TARGET = 10.0
+DEVIATION_TARGET = 0.01
+STEP_RATIO_TARGET = 3.0
+PAPER = dict(method="lobpcg", max_iters=100, tol=1e-9)
+REFERENCE = dict(method="lanczos", max_iters=64, tol=1e-7)  # needs ~20-25 HVPs here; the cap is reported
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    train.validate(cfg)
+    return cfg
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer reps, sparser (a) (smoke test)")
+    parser.add_argument("--steps", type=int, default=None, help="trajectory length (default 200, quick 100)")
+    parser.add_argument("--warmup-steps", type=int, default=4, help="T_wrm (4: a catapult at step 2, then EoS)")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions of each loop (default 3, quick 2)")
+    parser.add_argument("--a-stride", type=int, default=None, help="(a) on every k-th step (default 20, quick 25)")
+    args = parser.parse_args()
+    reps = args.reps or (2 if args.quick else 3)
+    stride = args.a_stride or (25 if args.quick else 20)
+    steps = args.steps or (100 if args.quick else 200)
+    t_start = time.perf_counter()
+
+    cfg = compose_cfg([
+        "model=fcn", "model.depth=4", f"model.width={args.width}", "param=sp", "optimizer=sgd",
+        "optimizer.momentum=0.0", "loss=mse", "data=fashion_mnist", f"data.root={DATA_ROOT}",
+        f"data.num_examples={args.examples}", "data.batch_size=null", "schedule.lr_trgt_scale=32",
+        f"schedule.warmup_steps={args.warmup_steps}", f"train.steps={steps}", f"train.chunk_steps={steps}",
+        "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"])
+    b = train.build(cfg)
+    h, s = cfg.sharpness, cfg.schedule
+    eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
+    lambda0 = float(eig0.value)
+    lr_trgt = s.lr_trgt_scale / lambda0
+    sched = schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
+                                      exponent=s.exponent, decay_power=0.0, total_steps=steps,
+                                      lr_min_ratio=s.lr_min_ratio)
+    flat0, unravel = ravel_pytree(b.params)
+    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    first_loss = float(measure_loss(b.params))
+    loss_bound = cfg.train.divergence_factor * first_loss
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; FCN-{cfg.model.depth}-{cfg.model.width} SP "
+          f"({flat0.size:,} parameters), MSE, full-batch GD on {args.examples} Fashion-MNIST examples")
+    print(f"λ₀ᴴ = {lambda0:.4g}, η_trgt = 32/λ₀ᴴ = {lr_trgt:.4g}, linear warmup T_wrm = {s.warmup_steps}, "
+          f"{steps} steps; default tracker: {h.method}, max_iters {h.max_iters}, tol {h.tol:g}, warm-started")
+
+    # --- the real loop: untracked, tracked (one chunk each), and the chunk_steps=1 replay that keeps θ_t ---
+    cfg_untracked = dataclasses.replace(b.loop_cfg, sharpness_every=0, chunk_steps=steps)
+    cfg_tracked = dataclasses.replace(b.loop_cfg, sharpness_every=1, chunk_steps=steps)
+    assert (cfg_tracked.sharpness_method, cfg_tracked.sharpness_max_iters, cfg_tracked.sharpness_tol) == \
+        (h.method, h.max_iters, h.tol)
+    chunk_u = loop.make_chunk_fn(cfg_untracked, b.model.apply, b.loss_fn, b.tx)
+    chunk_t = loop.make_chunk_fn(cfg_tracked, b.model.apply, b.loss_fn, b.tx)
+    chunk_1 = loop.make_chunk_fn(dataclasses.replace(cfg_tracked, chunk_steps=1), b.model.apply, b.loss_fn, b.tx)
+
+    def fresh_state():
+        return jax.block_until_ready(loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector))
+
+    def run_loop(chunk_fn, keep_params=False):
+        state, rows, params = fresh_state(), [], []
+        if keep_params:
+            params.append(ravel_pytree(state.params)[0])
+        start = time.perf_counter()
+        for state, r in loop.run(chunk_fn, state, sched, b.arrays, loss_bound=loss_bound, total_steps=steps):
+            rows.append(r)
+            if keep_params:
+                params.append(ravel_pytree(state.params)[0])
+        jax.block_until_ready(state.params)
+        seconds = time.perf_counter() - start
+        rows = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        return seconds, rows, params[:-1]  # θ_0 … θ_{T−1}: the parameters each step measures at
+
+    t0 = time.perf_counter()
+    run_loop(chunk_u)
+    run_loop(chunk_t)
+    print(f"compile + first run of both loops: {time.perf_counter() - t0:.1f} s")
+    times_u, times_t = [], []
+    for r in range(reps):
+        order = [("u", chunk_u), ("t", chunk_t)]
+        for tag, fn in (order if r % 2 == 0 else order[::-1]):
+            seconds, rows, _ = run_loop(fn)
+            (times_u if tag == "u" else times_t).append(seconds / steps)
+            if tag == "t":
+                tracked_rows = rows
+    step_u, step_t = statistics.median(times_u), statistics.median(times_t)
+    _, replay, thetas = run_loop(chunk_1, keep_params=True)
+    assert len(thetas) == steps == len(replay["sharpness"]), (len(thetas), len(replay["sharpness"]))
+    curve_diff = float(np.max(np.abs(replay["train_loss"] - tracked_rows["train_loss"]) /
+                              np.abs(tracked_rows["train_loss"])))
+    lam_b, hvp_b = replay["sharpness"].astype(np.float64), replay["sharpness_iters"].astype(np.float64)
+
+    # --- along θ_t: reference, (a) the paper's LOBPCG, (b) the default tracker standalone (timing only) ---
+    def solver(**kw):
+        @jax.jit
+        def solve(flat, v0):
+            params = unravel(flat)
+            matvec, _ = curvature.flat_operator(measure_loss, params)
+            eig = curvature.top_eigenpair(matvec, v0, **kw)
+            true_residual = jnp.linalg.norm(matvec(eig.vector) - eig.value * eig.vector) / jnp.abs(eig.value)
+            return eig, true_residual
+        return solve
+
+    def solver_timed(**kw):  # no extra HVP for the residual: what the timing should see
+        @jax.jit
+        def solve(flat, v0):
+            return curvature.sharpness(measure_loss, unravel(flat), v0, **kw)
+        return solve
+
+    fixed_v0 = jax.random.normal(jax.random.PRNGKey(0), flat0.shape, flat0.dtype)  # (a)'s vector, every step
+    ref_v0 = jax.random.normal(jax.random.PRNGKey(12345), flat0.shape, flat0.dtype)
+    ref_solve, a_solve = solver(**REFERENCE), solver(**PAPER)
+    b_timed = solver_timed(method=h.method, max_iters=h.max_iters, tol=h.tol)
+
+    t0 = time.perf_counter()
+    lam_ref, res_ref, hvp_ref = [], [], []
+    for theta in thetas:
+        eig, res = ref_solve(theta, ref_v0)
+        lam_ref.append(float(eig.value)), res_ref.append(float(res)), hvp_ref.append(int(eig.iterations))
+    lam_ref = np.array(lam_ref)
+    print(f"reference (cold lanczos, max_iters {REFERENCE['max_iters']}, tol {REFERENCE['tol']:g}) at all {steps} θ_t: {time.perf_counter() - t0:.1f} s, "
+          f"mean {np.mean(hvp_ref):.1f} HVPs (max {max(hvp_ref)}, at the cap {sum(x >= REFERENCE['max_iters'] for x in hvp_ref)}), max true relative residual {max(res_ref):.1e}")
+
+    sec_b, v, hvp_b_standalone = [], eig0.vector, []
+    jax.block_until_ready(b_timed(thetas[0], eig0.vector))  # compile
+    for theta in thetas:  # the tracker's warm-started chain, standalone, for per-measurement seconds
+        start = time.perf_counter()
+        eig = jax.block_until_ready(b_timed(theta, v))
+        sec_b.append(time.perf_counter() - start)
+        v = eig.vector
+        hvp_b_standalone.append(int(eig.iterations))
+
+    # --- the trajectory ---
+    lr = replay["lr"].astype(np.float64)
+    loss = replay["train_loss"].astype(np.float64)
+    above = np.flatnonzero(lam_ref > 2 / lr)
+    rises = np.flatnonzero(loss[1:] > 1.05 * loss[:-1]) + 1
+    any_rise = np.flatnonzero(loss[1:] > loss[:-1]) + 1
+    episodes = np.split(rises, np.flatnonzero(np.diff(rises) > 1) + 1) if rises.size else []
+    print(f"\ntrajectory: loss {loss[0]:.4g} → {loss[-1]:.4g}; λᴴ_ref {lam_ref[0]:.4g} → {lam_ref[-1]:.4g} "
+          f"(2/η_trgt = {2 / lr_trgt:.4g}); λᴴ_ref > 2/η_t at {above.size} of {steps} steps"
+          + (f" (first {above[0]}, last {above[-1]})" if above.size else ""))
+    print(f"catapults (loss rising > 5% in a step): {len(episodes)} episode(s) at steps "
+          f"{[[int(i) for i in e] for e in episodes]}, loss ×{max(loss[e].max() / loss[e[0] - 1] for e in episodes) if episodes else float('nan'):.2f} at most; "
+          f"loss rose (any amount) at {any_rise.size} steps (edge-of-stability oscillation)")
+    print(f"replay (chunk_steps=1) vs tracked loop (one chunk): max rel. loss-curve difference {curve_diff:.1e}")
+
+    # --- (a) on every stride-th θ_t, plus the catapult steps and (b)'s worst step ---
+    dev_b = np.abs(lam_b - lam_ref) / lam_ref
+    worst_b = int(np.argmax(dev_b))
+    a_steps = sorted(set(range(0, steps, stride)) | {int(i) for e in episodes for i in e} | {worst_b})
+    jax.block_until_ready(a_solve(thetas[0], fixed_v0))  # compile
+    lam_a, hvp_a, res_a, sec_a = [], [], [], []
+    for t in a_steps:
+        start = time.perf_counter()
+        eig, res = jax.block_until_ready(a_solve(thetas[t], fixed_v0))
+        sec_a.append(time.perf_counter() - start)  # includes 1 extra HVP (of ~402) for the true residual
+        lam_a.append(float(eig.value)), hvp_a.append(int(eig.iterations)), res_a.append(float(res))
+    lam_a = np.array(lam_a)
+
+    # --- report ---
+    dev_a = np.abs(lam_a - lam_ref[a_steps]) / lam_ref[a_steps]
+    sec_a_med, sec_b_med = statistics.median(sec_a), statistics.median(sec_b)
+    ms = lambda x: f"{1e3 * x:8.2f} ms"
+    print(f"\n{'':44s}{'(a) paper LOBPCG':>20s}{'(b) default tracker':>22s}")
+    print(f"{'measured at':44s}{f'{len(a_steps)} steps':>20s}{f'all {steps} steps':>22s}")
+    print(f"{'HVPs per measurement: mean (max)':44s}{f'{np.mean(hvp_a):.1f} ({max(hvp_a)})':>20s}"
+          f"{f'{np.mean(hvp_b):.2f} ({int(hvp_b.max())})':>22s}")
+    print(f"{'max relative deviation from reference':44s}{dev_a.max():>20.2e}{dev_b.max():>22.2e}")
+    print(f"{'  (median)':44s}{np.median(dev_a):>20.2e}{np.median(dev_b):>22.2e}")
+    print(f"{'seconds per measurement, standalone jit':44s}{ms(sec_a_med):>20s}{ms(sec_b_med):>22s}")
+    print(f"{'seconds per measurement, in loop (T − U)':44s}{'—':>20s}{ms(step_t - step_u):>22s}")
+    print(f"{'seconds per tracked step':44s}{ms(step_u + sec_a_med) + ' (est.)':>20s}{ms(step_t):>22s}")
+    print(f"{'tracked / untracked step time':44s}{(step_u + sec_a_med) / step_u:>14.1f} (est.){step_t / step_u:>22.2f}")
+    print(f"untracked step (real loop): median {ms(step_u)}  (reps: {', '.join(f'{1e3 * x:.2f}' for x in times_u)})")
+    print(f"tracked step   (real loop): median {ms(step_t)}  (reps: {', '.join(f'{1e3 * x:.2f}' for x in times_t)})")
+    print(f"(b) worst step {worst_b}: tracker {lam_b[worst_b]:.5g} vs reference {lam_ref[worst_b]:.5g}, "
+          f"{int(hvp_b[worst_b])} HVPs, tracker residual {replay['sharpness_residual'][worst_b]:.1e}; "
+          f"tracker hit max_iters at {int(np.sum(hvp_b >= h.max_iters))} steps; "
+          f"standalone chain mean {np.mean(hvp_b_standalone):.2f} HVPs")
+    print(f"(a) measured at steps {a_steps} (every {stride}-th, the catapult steps, (b)'s worst); "
+          f"true relative residual: max {max(res_a):.1e}")
+
+    hvp_ratio = np.mean(hvp_a) / np.mean(hvp_b)
+    ok1 = hvp_ratio >= HVP_RATIO_TARGET and dev_b.max() <= DEVIATION_TARGET
+    ok2 = step_t / step_u <= STEP_RATIO_TARGET
+    print(f"\ntarget 1: (b) ≥ {HVP_RATIO_TARGET:.0f}× fewer HVPs than (a) at ≤ {100 * DEVIATION_TARGET:.0f}% deviation: "
+          f"{hvp_ratio:.1f}× fewer, max deviation {100 * dev_b.max():.2g}%  ->  {'PASS' if ok1 else 'FAIL'}")
+    print(f"target 2: tracked step ≤ {STEP_RATIO_TARGET:.0f}× untracked step: {step_t / step_u:.2f}×  ->  "
+          f"{'PASS' if ok2 else 'FAIL'}")
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    return 0 if ok1 and ok2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from warmup import records, sweep, train
+from conftest import TINY, compose_config
+
+# (overrides, expected status): a 2 η × 2 T_wrm grid over two seeds (so the training subset, the initial
+# parameters and λ₀ᴴ differ per cell), one η given as c/λ₀ᴴ; η = 3 without warmup diverges after a few steps
+# while η = 3 with T_wrm = 5 (and the rest) trains on in the same program.
+CELLS = [
+    (("schedule.lr_trgt=0.5", "schedule.warmup_steps=1", "seed=0"), "converged"),
+    (("schedule.lr_trgt_scale=2", "schedule.warmup_steps=5", "seed=1"), "converged"),
+    (("schedule.lr_trgt=3.0", "schedule.warmup_steps=1", "seed=0"), "diverged"),
+    (("schedule.lr_trgt=3.0", "schedule.warmup_steps=5", "seed=1"), "converged"),
+    (("schedule.lr_trgt=0.5", "schedule.warmup_steps=10", "schedule.init=catapult", "seed=0"), "converged"),
+]
+COMMON = ("sharpness.every=5",)
+COMPARED = ("step", "lr", "train_loss", "train_acc", "sharpness", "sharpness_threshold", "test_loss", "test_acc")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Each train.execute compiles the same programs afresh (new closures); a persistent cache makes the repeats
+    cheap (about 6 s -> 2 s per tiny run on 2 CPU cores). Restored afterwards, so other modules are unaffected."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)
+    _reset_cache()
+    for name, value in zip(names, values):
+        jax.config.update(name, value)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    _reset_cache()
+
+
+def _reset_cache():
+    try:
+        from jax._src import compilation_cache
+        compilation_cache.reset_cache()
+    except (ImportError, AttributeError):  # private API; without it the cache simply stays on for this process
+        pass
+
+
+def configs(data_root, cells=CELLS, extra=()):
+    return [compose_config([*TINY, f"data.root={data_root}", *COMMON, *overrides, *extra]) for overrides, _ in cells]
+
+
+@pytest.fixture(scope="module")
+def grid(data_root, tmp_path_factory):
+    """The grid trained once batched and once cell by cell with train.execute."""
+    root = tmp_path_factory.mktemp("sweep")
+    cfgs = configs(data_root)
+    batched_dirs = [root / "batched" / f"cell{i}" for i in range(len(cfgs))]
+    batched = sweep.run_batched(cfgs, batched_dirs)
+    sequential = [train.execute(cfg, root / "sequential" / f"cell{i}") for i, cfg in enumerate(cfgs)]
+    return cfgs, batched_dirs, batched, [root / "sequential" / f"cell{i}" for i in range(len(cfgs))], sequential
+
+
+def assert_same_run(dir_a, summary_a, dir_b, summary_b):
+    for key in ("status", "steps_completed", "diverged_step", "warmup_steps", "num_params", "measure_examples",
+                "lr_trgt_scale", "eta_c_found", "search_forward_passes"):
+        assert summary_a.get(key) == summary_b.get(key), key
+    for key in ("lambda0", "lr_trgt", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
+                "best_test_acc", "eta_c", "t_reach", "t_save"):
+        if summary_b.get(key) is None:
+            assert summary_a.get(key) is None, key
+        else:
+            assert summary_a[key] == pytest.approx(summary_b[key], rel=1e-4, abs=1e-6), key
+    a, b = records.read_metrics(dir_a), records.read_metrics(dir_b)
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for column in COMPARED:
+        np.testing.assert_allclose(a[column], b[column], rtol=1e-4, atol=1e-6, err_msg=column)
+    assert (dir_a / "config.yaml").read_text() == (dir_b / "config.yaml").read_text()
+
+
+def test_batched_cells_equal_sequential_runs(grid):
+    cfgs, batched_dirs, batched, sequential_dirs, sequential = grid
+    for i, (_, status) in enumerate(CELLS):
+        assert batched[i]["status"] == status
+        assert batched[i] == records.read_summary(batched_dirs[i])
+        assert batched[i]["batched_cells"] == len(CELLS)
+        assert_same_run(batched_dirs[i], batched[i], sequential_dirs[i], sequential[i])
+    diverged = batched[2]
+    assert 1 < diverged["diverged_step"] < 20 and records.read_metrics(batched_dirs[2]).step.iloc[-1] < 20
+    for i in (0, 1, 3, 4):
+        assert batched[i]["steps_completed"] == 20 and list(records.read_metrics(batched_dirs[i]).step) == list(range(21))
+    assert batched[0]["lambda0"] != batched[1]["lambda0"]  # two seeds, two initialisations
+    assert batched[1]["lr_trgt"] == pytest.approx(2 / batched[1]["lambda0"])
+    assert "eta_c" in batched[4] and "eta_c" not in batched[0]  # the catapult-initialised cell searched η_c
+
+
+def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, capsys):
+    cfgs, batched_dirs, batched, _, _ = grid
+    dirs = [tmp_path / d.name for d in batched_dirs]
+    for src, dst in zip(batched_dirs, dirs):
+        shutil.copytree(src, dst)
+    # cell 1 was killed mid-run: its summary says running and its metrics are cut short
+    summary = json.loads((dirs[1] / "summary.json").read_text())
+    records.write_summary(dirs[1], {**summary, "status": "running", "steps_completed": 8})
+    records.write_metrics(dirs[1], records.read_metrics(dirs[1]).iloc[:8])
+    before = {i: (dirs[i] / "metrics.csv").read_text() for i in (0, 2, 3, 4)}
+    summaries = sweep.run_batched(cfgs, dirs)
+    assert capsys.readouterr().out.count("already finished") == 4
+    for i in (0, 2, 3, 4):
+        assert (dirs[i] / "metrics.csv").read_text() == before[i]
+        assert summaries[i] == batched[i]
+    assert summaries[1]["batched_cells"] == 1
+    assert_same_run(dirs[1], summaries[1], batched_dirs[1], batched[1])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.width=16", "model.width"),
+    ("optimizer=adam", "optimizer.name"),
+    ("data.batch_size=32", "data.batch_size"),
+    ("train.steps=30", "train.steps"),
+    ("sharpness.every=1", "sharpness.every"),
+])
+def test_cells_differing_in_static_keys_are_refused(data_root, tmp_path, override, key):
+    cfgs = configs(data_root, CELLS[:2])
+    cfgs[1] = compose_config([*TINY, f"data.root={data_root}", *COMMON, *CELLS[1][0], override])
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        sweep.run_batched(cfgs, [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()  # refused before anything is built or written
+    assert sweep.partition(cfgs) == [[0], [1]]
+
+
+def test_random_v0_adam_refuses_mixed_seeds_and_partition_splits_them(data_root, tmp_path):
+    cfgs = configs(data_root, CELLS[:2], extra=("optimizer=ri_adam",))
+    with pytest.raises(ValueError, match="seed"):
+        sweep.run_batched(cfgs, [tmp_path / "a", tmp_path / "b"])
+    assert sweep.partition(cfgs) == [[0], [1]]
+    assert sweep.partition(configs(data_root)) == [list(range(len(CELLS)))]
+    with pytest.raises(ValueError, match="run directories"):
+        sweep.run_batched(cfgs, [tmp_path / "a"])
