@@ -221,10 +221,7 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
                              jnp.float32)
     chunk = jax.jit(jax.vmap(_make_chunk_fn(b0), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
 
-    x_train_eval = {seed: loop.pad_for_eval(np.asarray(s.built.arrays.x_train), np.asarray(s.built.arrays.y_train),
-                                            cfg0.train.eval_batch) for seed, s in seeds.items()}
-    evaluate = jax.jit(lambda p, x, y, w: loop.evaluate(b0.model.apply, b0.loss_fn, p, x, y, w,
-                                                        cfg0.train.eval_batch))
+    evaluate = train.make_evaluate(b0, cfg0.train.eval_batch)
     bar = tqdm(total=steps, unit="step", disable=None if cfg0.train.progress else True, dynamic_ncols=True,
                leave=False)
     chunks: list[list[pd.DataFrame]] = [[] for _ in range(n)]
@@ -244,35 +241,9 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
             if frozen[i] or step[i] >= steps:
                 open_cells.discard(i)
                 params = _cell(state.params, i)
-                _finish(cfgs[i], run_dirs[i], summaries[i], pd.concat(chunks[i], ignore_index=True), params,
-                        bool(frozen[i]), int(step[i]), int(state.diverged_step[i]), cells[i].built,
-                        lambda p: evaluate(p, *x_train_eval[cfgs[i].seed]), evaluate, start)
+                summaries[i] = train.finish_record(
+                    cfgs[i], run_dirs[i], summaries[i], pd.concat(chunks[i], ignore_index=True), cells[i].built,
+                    params, frozen=bool(frozen[i]), steps_completed=int(step[i]),
+                    diverged_step=int(state.diverged_step[i]), evaluate=evaluate, start=start)
     bar.close()
     return summaries
-
-
-def _finish(cfg, run_dir, summary, metrics, params, frozen, steps_completed, diverged_step, b, eval_train,
-            evaluate, start) -> None:
-    """train.execute's end of a run: final evaluation, status, summary (updated in place) — see the report."""
-    nan_to_none = train._nan_to_none
-    if frozen:
-        final_train_loss, final_train_acc = metrics.train_loss.iloc[-1], metrics.train_acc.iloc[-1]
-        final_test_loss = final_test_acc = float("nan")
-    else:
-        final_train_loss, final_train_acc = map(float, eval_train(params))
-        final_test_loss, final_test_acc = map(float, evaluate(params, b.arrays.x_test, b.arrays.y_test,
-                                                              b.arrays.w_test))
-        final_row = dict(step=cfg.train.steps, train_loss=final_train_loss, train_acc=final_train_acc,
-                         test_loss=final_test_loss, test_acc=final_test_acc)
-        metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
-        records.write_metrics(run_dir, metrics)
-    status = loop.run_status(frozen, float(final_train_acc), b.dataset.num_classes)
-    summary.update(
-        status=status, steps_completed=steps_completed, diverged_step=diverged_step if frozen else None,
-        final_train_loss=nan_to_none(final_train_loss), final_train_acc=nan_to_none(final_train_acc),
-        final_test_loss=nan_to_none(final_test_loss), final_test_acc=nan_to_none(final_test_acc),
-        best_test_acc=nan_to_none(metrics.test_acc.max()) if metrics.test_acc.notna().any() else None,
-        wall_time_s=time.perf_counter() - start)
-    records.write_summary(run_dir, summary)
-    print(f"{run_dir}: {status} after {steps_completed} steps, λ₀ᴴ = {summary['lambda0']:.4g}, "
-          f"η_trgt = {summary['lr_trgt']:.4g}, final train loss {final_train_loss:.4g}, test acc {final_test_acc:.4f}")
