@@ -1,0 +1,32 @@
+import numpy as np
+import pandas as pd
+
+from warmup import loop, records
+
+
+def test_atomic_write_leaves_only_the_final_file(tmp_path):
+    records.write_atomic(tmp_path / "a" / "summary.json", "{}\n")
+    records.write_atomic(tmp_path / "a" / "summary.json", '{"status": "running"}\n')
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["summary.json"]
+    assert records.read_summary(tmp_path / "a") == {"status": "running"}
+
+
+def test_metrics_keep_the_contract_columns_first(tmp_path):
+    records.write_metrics(tmp_path, pd.DataFrame({"sharpness_iters": [3.0], "step": [0], "train_loss": [0.5]}))
+    frame = records.read_metrics(tmp_path)
+    assert list(frame.columns) == [*records.METRIC_COLUMNS, "sharpness_iters"]
+    assert np.isnan(frame.test_acc[0]) and frame.train_loss[0] == 0.5
+
+
+def test_only_results_count_as_finished(tmp_path):
+    assert not records.is_finished(tmp_path)
+    for status, finished in (("running", False), ("converged", True), ("diverged", True), ("failed", True)):
+        records.write_summary(tmp_path, {"status": status})
+        assert records.is_finished(tmp_path) == finished
+
+
+def test_run_status_rules():
+    assert loop.run_status(True, 0.9, 10) == "diverged"
+    assert loop.run_status(False, 0.149, 10) == "failed"  # below 1.5 × chance
+    assert loop.run_status(False, float("nan"), 10) == "failed"
+    assert loop.run_status(False, 0.151, 10) == "converged"
