@@ -6,7 +6,6 @@ arrays. Where η_t is computed: `schedules.learning_rate` inside `_train_step`. 
 Where a run's status is decided: the `frozen` / `diverged_step` fields here, and `run_status` for the end of a run.
 """
 import dataclasses
-import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
@@ -209,16 +208,15 @@ def init_state(params, opt_state, key, eigvec) -> LoopState:
 
 
 def run(chunk_fn, state: LoopState, sched, arrays: Arrays, *, loss_bound: float, total_steps: int,
-        progress: Callable[[int, dict, float], None] | None = None) -> Iterator[tuple[LoopState, dict]]:
+        progress: Callable[[int, dict], None] | None = None) -> Iterator[tuple[LoopState, dict]]:
     """Train chunk by chunk; yield the state and the chunk's valid metric rows (numpy) after each."""
     while True:
-        start = time.perf_counter()
         state, metrics = chunk_fn(state, sched, arrays, jnp.float32(loss_bound), jnp.int32(total_steps))
         metrics = jax.device_get(metrics)
         valid = metrics.pop("valid")
         rows = {name: np.asarray(values)[valid] for name, values in metrics.items()}
         if progress is not None:
-            progress(int(valid.sum()), rows, time.perf_counter() - start)
+            progress(int(valid.sum()), rows)  # updates done in this chunk, their rows
         yield state, rows
         if bool(state.frozen) or int(state.step) >= total_steps:
             return

@@ -171,7 +171,7 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
     first_loss = loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure, b.arrays.y_measure)[0]
     bar = tqdm(total=steps, unit="step", disable=None if cfg.train.progress else True, dynamic_ncols=True, leave=False)
 
-    def progress(n, rows, seconds):
+    def progress(n, rows):
         bar.update(n)
         if n:
             bar.set_postfix(loss=f"{rows['train_loss'][-1]:.4g}", lr=f"{rows['lr'][-1]:.3g}")
