@@ -45,9 +45,9 @@ TINY = ["model.width=32", "model.depth=3", "data.num_examples=128", "train.steps
         "train.eval_every=10", "train.eval_batch=100", "train.progress=false"]
 
 
-def compose_config(overrides):
+def compose_config(overrides, with_hydra: bool = False):
     with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 @pytest.fixture

@@ -192,15 +192,16 @@ def test_persistent_catapult_warmup_reaches_target_through_catapults():
     lr_trgt = 6 / lam0
     losses = []
 
-    def recording_step(p, s, lr):
-        p, s, loss = step(p, s, lr)
+    def recording_step(state, lr):
+        p, s, loss = step(*state, lr)
         losses.append(float(loss))
-        return p, s, loss
+        return (p, s), loss
 
     max_steps = 200
-    params_end, _, lrs, events = persistent_catapult_warmup(recording_step, loss_fn, direction, params, opt_state,
-                                                           lr_trgt=lr_trgt, delta=0.1, max_steps=max_steps)
-    assert len(lrs) == max_steps
+    state, lrs, events, reached = persistent_catapult_warmup(
+        recording_step, loss_fn, lambda state: direction(*state), (params, opt_state), params_of=lambda s: s[0],
+        lr_trgt=lr_trgt, delta=0.1, max_steps=max_steps)
+    assert reached and len(lrs) < max_steps
     assert np.all(np.diff(lrs) >= 0) and lrs[-1] == lr_trgt and lrs[0] < lr_trgt
     assert len(events) >= 5 and 2 / lam0 < events[0].lr < events[-1].lr <= lr_trgt
     assert [e.start_step for e in events] == [0] + [e.recovery_step for e in events[:-1]]
@@ -211,7 +212,9 @@ def test_persistent_catapult_warmup_reaches_target_through_catapults():
     # The first η really catapults: the loss rises above L(θ*) before it recovers.
     first = events[0]
     assert max(losses[first.start_step:first.recovery_step]) > first.reference_loss
-    assert float(loss_fn(params_end)) < 1e-4 * events[0].reference_loss
+    for _ in range(max_steps - len(lrs)):  # the caller trains on at η_trgt
+        state, _ = recording_step(state, jnp.float32(lr_trgt))
+    assert float(loss_fn(state[0])) < 1e-4 * events[0].reference_loss
     assert len(traces) == 1  # η arrives traced: one compilation for every η
 
     # Without warmup the same η_trgt diverges.
@@ -224,11 +227,12 @@ def test_persistent_catapult_warmup_reaches_target_through_catapults():
 def test_persistent_catapult_lr_never_decreases_when_eta_c_falls():
     """A scripted run whose direction doubles every step, so each new search finds η_c halved; η must hold."""
     loss_fn = lambda theta: 0.5 * LAM * theta**2
-    direction_fn = lambda theta, scale: scale * LAM * theta
-    step_fn = lambda theta, scale, lr: (theta / 2, 2 * scale, loss_fn(theta))  # the loss always recovers at once
-    _, scale, lrs, events = persistent_catapult_warmup(step_fn, loss_fn, direction_fn, jnp.float32(1.0),
-                                                       jnp.float32(1.0), lr_trgt=10.0, delta=0.01, max_steps=5)
-    assert float(scale) == 32.0 and len(events) == 5
+    direction_fn = lambda state: state[1] * LAM * state[0]
+    step_fn = lambda state, lr: ((state[0] / 2, 2 * state[1]), loss_fn(state[0]))  # the loss always recovers at once
+    (_, scale), lrs, events, reached = persistent_catapult_warmup(
+        step_fn, loss_fn, direction_fn, (jnp.float32(1.0), jnp.float32(1.0)), params_of=lambda s: s[0],
+        lr_trgt=10.0, delta=0.01, max_steps=5)
+    assert float(scale) == 32.0 and len(events) == 5 and not reached
     assert [(e.start_step, e.recovery_step) for e in events] == [(t, t + 1) for t in range(5)]
     assert 2 / LAM <= events[0].lr <= (1 + math.sqrt(1.01)) / LAM
     np.testing.assert_array_equal(lrs, events[0].lr)

@@ -138,3 +138,10 @@ def test_random_v0_adam_refuses_mixed_seeds_and_partition_splits_them(data_root,
     assert sweep.partition(configs(data_root)) == [list(range(len(CELLS)))]
     with pytest.raises(ValueError, match="run directories"):
         sweep.run_batched(cfgs, [tmp_path / "a"])
+
+
+def test_persistent_catapult_warmup_is_refused_by_the_batched_runner(data_root, tmp_path):
+    cfgs = configs(data_root, CELLS[:2], extra=("schedule.init=persistent",))
+    with pytest.raises(ValueError, match=r"schedule\.init=persistent"):
+        sweep.run_batched(cfgs, [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()

@@ -121,3 +121,18 @@ def test_catapult_initialised_schedule_records_eta_c(run):
     assert summary["t_save"] == pytest.approx(16 * eta_c / lr_trgt - summary["search_forward_passes"] / 2)
     lr = records.read_metrics(run_dir).lr.to_numpy()[:20]
     np.testing.assert_allclose(lr, np.minimum(eta_c + lr_trgt * np.arange(20) / 16, lr_trgt), rtol=1e-5)
+
+
+def test_persistent_catapult_warmup_reaches_lr_trgt_without_decreasing_lr(run):
+    run_dir, summary = run("schedule.lr_trgt_scale=8", "schedule.init=persistent", "train.steps=40",
+                           "sharpness.every=1")
+    assert summary["status"] == "converged" and summary["steps_completed"] == 40
+    t_reach, lr_trgt = summary["t_reach"], summary["lr_trgt"]
+    assert isinstance(t_reach, int) and 0 < t_reach < 40
+    lr = records.read_metrics(run_dir).lr.to_numpy()[:40]
+    assert (np.diff(lr) >= 0).all() and lr[0] < lr_trgt
+    np.testing.assert_allclose(lr[t_reach:], lr_trgt, rtol=1e-6)
+    events = summary["persistent_catapults"]
+    assert events and all(e["start_step"] <= e["recovery_step"] <= t_reach for e in events)
+    assert [e["lr"] for e in events] == sorted(e["lr"] for e in events)
+    assert max(e["lr"] for e in events) <= lr_trgt

@@ -127,49 +127,48 @@ class CatapultEvent(NamedTuple):
     reference_loss: float  # L(θ*)
 
 
-def persistent_catapult_warmup(step_fn: Callable, loss_fn: Callable, direction_fn: Callable, params, opt_state, *,
-                               lr_trgt: float, delta: float, lr_start: float = 1e-4, max_steps: int,
-                               max_forward_passes: int = 30) -> tuple[Any, Any, np.ndarray, list[CatapultEvent]]:
+def persistent_catapult_warmup(step_fn: Callable, loss_fn: Callable, direction_fn: Callable, state, *,
+                               params_of: Callable = lambda state: state, lr_trgt: float, delta: float,
+                               lr_start: float = 1e-4, max_steps: int,
+                               max_forward_passes: int = 30) -> tuple[Any, np.ndarray, list[CatapultEvent], bool]:
     """Alg. 3: warm up by a chain of catapults, each induced at the edge of stability, until η reaches η_trgt.
 
     From a reference point θ*, `search_eta_c` (with lr_max = η_trgt) brackets [η_lower, η_upper]; training
     continues at η = max(η_upper, previous η) (η never decreases) until L(θ_t) < L(θ*), which makes θ_t the new
-    θ*. Once η = η_trgt (also when η_trgt raises no loss) training continues at η_trgt up to `max_steps` updates.
+    θ*. It returns as soon as η = η_trgt and that last catapult has recovered (at once when η_trgt raises no
+    loss), after a divergence, or after `max_steps` updates; the caller goes on training at η_trgt.
 
-    `step_fn(params, opt_state, lr) -> (params, opt_state, loss)` is one training update, typically a
-    `jax.jit`-ed function: `lr` arrives as a float32 scalar array, so changing η never recompiles; a non-finite
-    `loss` stops the procedure (divergence). `loss_fn(params) -> scalar` is the loss the catapults are judged
-    by (a fixed batch, or the full training set); it is evaluated after every update until recovery.
-    `direction_fn(params, opt_state)` is the direction the next update would apply, e.g.
-    `tx.update(grad(params), opt_state, params)[0]`, or `first_direction` for the optimiser's view at init.
+    `state` is whatever the caller trains (e.g. (params, opt_state), or a whole loop state); `params_of(state)`
+    gives the parameters that `loss_fn` and the searches see.
+    `step_fn(state, lr) -> (state, loss)` is one training update, typically a `jax.jit`-ed function: `lr` arrives
+    as a float32 scalar array, so changing η never recompiles; a non-finite `loss` stops the procedure
+    (divergence). `loss_fn(params) -> scalar` is the loss the catapults are judged by (a fixed batch, or the full
+    training set); it is evaluated after every update until recovery. `direction_fn(state)` is the direction the
+    next update would apply, e.g. `tx.update(grad(params), opt_state, params)[0]`.
 
-    Returns the final (params, opt_state), η of every update taken, and the catapults in order.
+    Returns the final state, η of every update taken, the catapults in order, and whether η_trgt was reached.
     """
     lrs: list[float] = []
     events: list[CatapultEvent] = []
     lr = 0.0
-
-    def train(params, opt_state, until_below: float | None):
-        """Updates at η until L < until_below (None: until max_steps); returns the step count at recovery."""
-        while len(lrs) < max_steps:
-            params, opt_state, step_loss = step_fn(params, opt_state, jnp.float32(lr))
-            lrs.append(lr)
-            if not math.isfinite(float(step_loss)):
-                return params, opt_state, None, True
-            if until_below is not None and _as_float(_evaluate(loss_fn, params)) < until_below:
-                return params, opt_state, len(lrs), False
-        return params, opt_state, None, False
-
     while lr < lr_trgt and len(lrs) < max_steps:
-        search = search_eta_c(loss_fn, params, direction_fn(params, opt_state), lr_start=lr_start, lr_max=lr_trgt,
+        params = params_of(state)
+        search = search_eta_c(loss_fn, params, direction_fn(state), lr_start=lr_start, lr_max=lr_trgt,
                               delta=delta, max_forward_passes=max_forward_passes)
         lr = min(max(lr, search.eta_upper), lr_trgt)
         if not search.found:
             break
-        start = len(lrs)
-        params, opt_state, recovery, diverged = train(params, opt_state, search.initial_loss)
+        start, recovery = len(lrs), None
+        while len(lrs) < max_steps:  # train at η until L(θ_t) < L(θ*)
+            state, step_loss = step_fn(state, jnp.float32(lr))
+            lrs.append(lr)
+            if not math.isfinite(float(step_loss)):
+                events.append(CatapultEvent(lr, start, None, search.initial_loss))
+                return state, np.asarray(lrs), events, False
+            if _as_float(_evaluate(loss_fn, params_of(state))) < search.initial_loss:
+                recovery = len(lrs)
+                break
         events.append(CatapultEvent(lr, start, recovery, search.initial_loss))
-        if diverged:
-            return params, opt_state, np.asarray(lrs), events
-    params, opt_state, _, _ = train(params, opt_state, None)
-    return params, opt_state, np.asarray(lrs), events
+        if recovery is None:
+            break
+    return state, np.asarray(lrs), events, lr >= lr_trgt

@@ -207,19 +207,28 @@ def init_state(params, opt_state, key, eigvec) -> LoopState:
                      eigvec, pre_eigvec / jnp.linalg.norm(pre_eigvec))
 
 
+def run_chunk(chunk_fn, state: LoopState, sched, arrays: Arrays, *, loss_bound: float,
+              total_steps: int) -> tuple[LoopState, dict]:
+    """One chunk: the new state and the chunk's valid metric rows (numpy)."""
+    state, metrics = chunk_fn(state, sched, arrays, jnp.float32(loss_bound), jnp.int32(total_steps))
+    metrics = jax.device_get(metrics)
+    valid = metrics.pop("valid")
+    return state, {name: np.asarray(values)[valid] for name, values in metrics.items()}
+
+
+def finished(state: LoopState, total_steps: int) -> bool:
+    return bool(state.frozen) or int(state.step) >= total_steps
+
+
 def run(chunk_fn, state: LoopState, sched, arrays: Arrays, *, loss_bound: float, total_steps: int,
         progress: Callable[[int, dict], None] | None = None) -> Iterator[tuple[LoopState, dict]]:
-    """Train chunk by chunk; yield the state and the chunk's valid metric rows (numpy) after each."""
-    while True:
-        state, metrics = chunk_fn(state, sched, arrays, jnp.float32(loss_bound), jnp.int32(total_steps))
-        metrics = jax.device_get(metrics)
-        valid = metrics.pop("valid")
-        rows = {name: np.asarray(values)[valid] for name, values in metrics.items()}
+    """Train chunk by chunk until `total_steps` updates or divergence; yield the state and the chunk's valid metric
+    rows (numpy) after each. A state that is already finished yields nothing."""
+    while not finished(state, total_steps):
+        state, rows = run_chunk(chunk_fn, state, sched, arrays, loss_bound=loss_bound, total_steps=total_steps)
         if progress is not None:
-            progress(int(valid.sum()), rows)  # updates done in this chunk, their rows
+            progress(len(rows["step"]), rows)  # updates done in this chunk, their rows
         yield state, rows
-        if bool(state.frozen) or int(state.step) >= total_steps:
-            return
 
 
 def run_status(frozen: bool, final_train_acc: float, num_classes: int) -> str:

@@ -19,8 +19,6 @@ loop's sharpness and test-evaluation conds depend on the per-cell step, so with 
 keep a real cond by reducing `due` over the cell axis: `make_chunk_fn(..., axis_name=...)`, which this module
 uses when the loop offers it.
 """
-import inspect
-import math
 import pathlib
 import time
 from typing import Any, Sequence
@@ -32,7 +30,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from warmup import catapult, loop, records, schedules, train
+from warmup import loop, records, train
 
 # Config keys a batch may vary: all of them reach the program as traced arrays.
 TRACED_KEYS = (
@@ -79,6 +77,9 @@ def check_batchable(cfgs: Sequence[DictConfig]) -> None:
             raise ValueError(
                 f"{key}: cells 0 and {i} differ ({first.get(key, '<absent>')} vs {other.get(key, '<absent>')}){more}; "
                 f"one batch may vary only {', '.join(TRACED_KEYS)}; split the grid with sweep.partition")
+    if cfgs[0].schedule.init == "persistent":
+        raise ValueError("schedule.init=persistent: its catapults are decided on the host run by run; it cannot be "
+                         "batched (allowed here: linear, catapult)")
     if cfgs[0].optimizer.name == "ri_adam" and len({c.seed for c in cfgs}) > 1:
         raise ValueError("seed: RI-Adam's random v₀ is drawn from the seed inside the optimiser (a compile-time "
                          "constant); batch one seed at a time")
@@ -118,31 +119,6 @@ class _Seed:
         self.lambda0 = float(self.eig0.value)
         self.first_loss = float(loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure,
                                                b.arrays.y_measure)[0])
-
-
-def _schedule(cfg: DictConfig, cell: _Seed):
-    """train.execute's η_trgt and schedule for one cell: (lr_trgt, ScheduleParams, η_c search fields)."""
-    s, b, lambda0 = cfg.schedule, cell.built, cell.lambda0
-    lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / lambda0
-    train._require(math.isfinite(lr_trgt) and lr_trgt > 0,
-                   f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid "
-                   f"η_trgt")
-    decay = dict(decay_power=s.decay_power if s.decay else 0.0, total_steps=cfg.train.steps,
-                 lr_min_ratio=s.lr_min_ratio)
-    if s.init != "catapult":
-        return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
-                                                  exponent=s.exponent, **decay), {}
-    found = train.search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
-    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
-                  t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
-                  t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
-    return lr_trgt, catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay), search
-
-
-def _make_chunk_fn(b: train.Built):
-    """The loop's chunk function; with the cond-preserving `axis_name` when the loop has it."""
-    kwargs = {"axis_name": AXIS} if "axis_name" in inspect.signature(loop.make_chunk_fn).parameters else {}
-    return loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx, b.lr_multipliers, **kwargs)
 
 
 def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) -> list[dict]:
@@ -193,7 +169,7 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
             raise ValueError("seed: the per-layer learning-rate multipliers differ between seeds; batch one seed")
 
     steps = cfg0.train.steps
-    planned = [_schedule(cfg, cell) for cfg, cell in zip(cfgs, cells)]  # every check before any record is written
+    planned = [train.plan_schedule(cfg, cell.built, cell.lambda0) for cfg, cell in zip(cfgs, cells)]  # every check before any record is written
     summaries = []
     for cfg, cell, run_dir, (lr_trgt, _, search) in zip(cfgs, cells, run_dirs, planned):
         s, b = cfg.schedule, cell.built
@@ -219,7 +195,8 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     state, sched = _stack(states), _stack([p[1] for p in planned])
     loss_bound = jnp.asarray([c.train.divergence_factor * cell.first_loss for c, cell in zip(cfgs, cells)],
                              jnp.float32)
-    chunk = jax.jit(jax.vmap(_make_chunk_fn(b0), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
+    chunk_fn = loop.make_chunk_fn(b0.loop_cfg, b0.model.apply, b0.loss_fn, b0.tx, b0.lr_multipliers, axis_name=AXIS)
+    chunk = jax.jit(jax.vmap(chunk_fn, in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
 
     evaluate = train.make_evaluate(b0, cfg0.train.eval_batch)
     bar = tqdm(total=steps, unit="step", disable=None if cfg0.train.progress else True, dynamic_ncols=True,

@@ -2,6 +2,7 @@
 
 The only module that reads the Hydra config; everything below it takes explicit arguments.
 """
+import dataclasses
 import logging
 import math
 import pathlib
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from warmup import catapult, curvature, data, loop, losses, models, optim, records, schedules
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
-SCHEDULE_INITS = ("linear", "catapult")
+SCHEDULE_INITS = ("linear", "catapult", "persistent")
 
 
 class ConfigError(ValueError):
@@ -169,19 +170,23 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
     chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx, b.lr_multipliers)
     state = loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector)
     first_loss = loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure, b.arrays.y_measure)[0]
+    loss_bound = cfg.train.divergence_factor * float(first_loss)
     bar = tqdm(total=steps, unit="step", disable=None if cfg.train.progress else True, dynamic_ncols=True, leave=False)
-
-    def progress(n, rows):
-        bar.update(n)
-        if n:
-            bar.set_postfix(loss=f"{rows['train_loss'][-1]:.4g}", lr=f"{rows['lr'][-1]:.3g}")
-
     chunks = []
-    for state, rows in loop.run(chunk_fn, state, sched, b.arrays, loss_bound=cfg.train.divergence_factor *
-                                float(first_loss), total_steps=steps, progress=progress):
+
+    def record(state, rows):
+        bar.update(len(rows["step"]))
+        if len(rows["step"]):
+            bar.set_postfix(loss=f"{rows['train_loss'][-1]:.4g}", lr=f"{rows['lr'][-1]:.3g}")
         chunks.append(pd.DataFrame(rows))
         records.write_metrics(run_dir, pd.concat(chunks, ignore_index=True))
         records.write_summary(run_dir, {**summary, "steps_completed": int(state.step)})
+
+    if cfg.schedule.init == "persistent":
+        state, sched, found = persistent_warmup(cfg, b, state, lr_trgt, loss_bound, record)
+        summary = {**summary, **found}
+    for state, rows in loop.run(chunk_fn, state, sched, b.arrays, loss_bound=loss_bound, total_steps=steps):
+        record(state, rows)
     bar.close()
 
     return finish_record(cfg, run_dir, summary, pd.concat(chunks, ignore_index=True), b, state.params,
@@ -190,16 +195,19 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
                          start=start)
 
 
-def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, schedules.ScheduleParams, dict]:
+def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, schedules.ScheduleParams | None, dict]:
     """A run's absolute η_trgt (schedule.lr_trgt, or schedule.lr_trgt_scale/λ₀ᴴ), its schedule (linear warmup, or
-    catapult-initialised after an η_c search) and the search's summary fields ({} for linear)."""
+    catapult-initialised after an η_c search; None for the persistent-catapult warmup, which is decided while
+    training) and the search's summary fields ({} for linear)."""
     s = cfg.schedule
     lr_trgt = s.lr_trgt if s.lr_trgt is not None else s.lr_trgt_scale / lambda0
     _require(math.isfinite(lr_trgt) and lr_trgt > 0,
              f"schedule.lr_trgt_scale={s.lr_trgt_scale}: λ₀ᴴ = {lambda0:.4g} at initialisation gives no valid η_trgt")
     decay = dict(decay_power=s.decay_power if s.decay else 0.0, total_steps=cfg.train.steps,
                  lr_min_ratio=s.lr_min_ratio)
-    if s.init != "catapult":
+    if s.init == "persistent":  # the schedule is found while training: `persistent_warmup`
+        return lr_trgt, None, {}
+    if s.init == "linear":
         return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
                                                   exponent=s.exponent, **decay), {}
     found = search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
@@ -207,6 +215,42 @@ def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, sch
                   t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
                   t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
     return lr_trgt, catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay), search
+
+
+def persistent_warmup(cfg: DictConfig, b: Built, state: loop.LoopState, lr_trgt: float, loss_bound: float,
+                      record) -> tuple[loop.LoopState, schedules.ScheduleParams, dict]:
+    """Alg. 3 (`catapult.persistent_catapult_warmup`) driving the compiled loop one update at a time, so its steps
+    log the usual metrics (λᴴ included) through `record(state, rows)`. Catapults are judged on the measurement
+    batch (the training set for full-batch runs) and each search probes the optimiser's real next direction there.
+
+    Returns the state when η_trgt is reached, the schedule for the remaining steps (η_trgt from then on, then the
+    configured decay), and the summary fields: `t_reach` (updates until η_trgt; None if never) and
+    `persistent_catapults` (each catapult's η, start step, recovery step and reference loss L(θ*)).
+    """
+    s, steps = cfg.schedule, cfg.train.steps
+    one_step = loop.make_chunk_fn(dataclasses.replace(b.loop_cfg, chunk_steps=1), b.model.apply, b.loss_fn, b.tx,
+                                  b.lr_multipliers)
+    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    direction = jax.jit(lambda p, opt_state: b.tx.update(jax.grad(measure_loss)(p), opt_state, p)[0])
+
+    def step_fn(state, lr):
+        sched = schedules.schedule_params(lr_trgt=lr, warmup_steps=1)
+        state, rows = loop.run_chunk(one_step, state, sched, b.arrays, loss_bound=loss_bound, total_steps=steps)
+        record(state, rows)
+        return state, math.nan if bool(state.frozen) else float(rows["train_loss"][-1])
+
+    state, _, events, reached = catapult.persistent_catapult_warmup(
+        step_fn, measure_loss, lambda st: direction(st.params, st.opt_state), state, params_of=lambda st: st.params,
+        lr_trgt=lr_trgt, delta=s.search_delta, lr_start=min(s.search_lr_start, lr_trgt), max_steps=steps,
+        max_forward_passes=s.search_max_forward_passes)
+    t_reach = int(state.step)
+    after = schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=max(t_reach, 1), lr_init=lr_trgt,
+                                      decay_power=s.decay_power if s.decay else 0.0, total_steps=steps,
+                                      lr_min_ratio=s.lr_min_ratio)
+    found = dict(t_reach=t_reach if reached else None,
+                 persistent_catapults=[dict(lr=e.lr, start_step=e.start_step, recovery_step=e.recovery_step,
+                                            reference_loss=e.reference_loss) for e in events])
+    return state, after, found
 
 
 def start_record(cfg: DictConfig, run_dir: pathlib.Path, b: Built, lambda0: float, lr_trgt: float, search: dict,
