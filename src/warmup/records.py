@@ -51,6 +51,13 @@ def read_summary(run_dir) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def write_error(run_dir, err: BaseException) -> None:
+    """Mark a run that raised: status `error` and the exception's one-line description. Not a result (an error is
+    usually the machine's or the code's, not the hyperparameters'), so a relaunched sweep runs the cell again."""
+    summary = read_summary(run_dir) or {}
+    write_summary(run_dir, {**summary, "status": "error", "error": f"{type(err).__name__}: {err}"})
+
+
 def is_finished(run_dir) -> bool:
     """A run whose summary says converged / diverged / failed is a result and is not redone."""
     summary = read_summary(run_dir)

@@ -24,6 +24,8 @@ from tqdm import tqdm
 from warmup import catapult, curvature, data, loop, losses, models, optim, records, schedules
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+# launcher=parallel: each of n JAX processes may take this fraction of the GPU's memory
+OmegaConf.register_new_resolver("gpu_share", lambda n: f"{0.9 / int(n):.3f}", replace=True)
 SCHEDULE_INITS = ("linear", "catapult", "persistent")
 
 
@@ -303,23 +305,28 @@ def finish_record(cfg: DictConfig, run_dir: pathlib.Path, summary: dict, metrics
 
 
 
-def _quiet_jax_logs() -> None:
+def quiet_jax_logs() -> None:
     """Hydra routes INFO logs to the console; JAX's backend probing (no TPU found, ...) is noise there."""
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    _quiet_jax_logs()
+    quiet_jax_logs()
+    run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
     try:
-        execute(cfg, pathlib.Path(HydraConfig.get().runtime.output_dir))
+        execute(cfg, run_dir)
     except (ConfigError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
+    except Exception as err:  # recorded; a multirun goes on with its other cells and reports the error at the end
+        records.write_error(run_dir, err)
+        raise
 
 
 def _group_options(group: str) -> list[str]:
@@ -336,12 +343,12 @@ def precheck(overrides: list[str]) -> None:
     for override in plain:
         key, _, value = override.lstrip("+~").partition("=")
         if (CONFIG_DIR / key).is_dir() and value not in _group_options(key):
-            _fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
+            fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose(config_name="train", overrides=plain)
     except (HydraException, OmegaConfBaseException) as err:
-        _fail(re.sub(r"\s+", " ", str(err)).strip())
+        fail(re.sub(r"\s+", " ", str(err)).strip())
 
 
 def main() -> None:
