@@ -18,7 +18,8 @@ def test_every_experiment_composes(name):
     cfg = compose_config([f"+exp={name}"])
     train.validate(cfg)
     if cfg.exp.get("kind", "trajectory") == "phase":
-        assert cfg.exp.value in plots.VALUE_LABELS and cfg.exp.x in plots.AXIS_LABELS
+        values = [cfg.exp.value] if isinstance(cfg.exp.value, str) else list(cfg.exp.value)
+        assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
     else:
         assert set(cfg.exp.panels) <= set(plots.PANELS)
     assert cfg.exp.name == name
@@ -37,23 +38,27 @@ FAST = {"fig1_cpu", "fig2_cpu", "fig9_cpu"}  # one of each panel family (GD, Ada
 def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, tmp_path):
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
     minibatch = ["data.batch_size=16", "data.measure_examples=32"] if cfg.data.batch_size else []
+    by_warmup = cfg.exp.color_by == "schedule.warmup_steps"  # else the experiment's own sweep (fig7's variants)
     sweep = tmp_path / "sweep"
     args = [f"+exp={name}", f"data.root={data_root}", "model.width=8", "model.depth=3", "data.num_examples=64",
             "train.steps=12", "train.chunk_steps=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}",
-            "schedule.warmup_steps=1,4", *minibatch]
+            *(["schedule.warmup_steps=1,4"] if by_warmup else []), *minibatch]
     result = subprocess.run([sys.executable, "-m", "warmup.train", *args], cwd=tmp_path, capture_output=True,
                             text=True, env={**os.environ, "WARMUP_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    params = sorted(str(cfg.hydra.sweeper.params.param).split(","))
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [f"{p}_T{t}" for p in params for t in (1, 4)]
+    params = sorted(str(cfg.hydra.sweeper.params.get("param", cfg.param.name)).split(","))
+    expected = ([f"{p}_T{t}" for p in params for t in (1, 4)] if by_warmup
+                else sorted(str(cfg.hydra.sweeper.params[cfg.exp.color_by]).split(",")))
+    curves = 2 if by_warmup else len(expected)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == expected
     assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
     fig, rendered = plots.experiment_figure(sweep)
     panels = [plots.PANELS[p] for p in cfg.exp.panels]
     assert rendered == name and len(fig.axes) == len(panels) * len(params)
     assert [ax.get_ylabel() for ax in fig.axes] == [p.label for p in panels] * len(params)
     assert {ax.get_title() for ax in fig.axes} == {plots._label(p) for p in params}
-    for ax, panel in zip(fig.axes, panels * len(params)):  # two T_wrm curves, each with its thresholds
-        assert len(ax.lines) >= 2 * (1 + len(panel.thresholds)), (panel.column, len(ax.lines))
+    for ax, panel in zip(fig.axes, panels * len(params)):  # one curve per colour, each with its thresholds
+        assert len(ax.lines) >= curves * (1 + len(panel.thresholds)), (panel.column, len(ax.lines))
 
 
 @pytest.mark.parametrize("name", [n if n == "fig3_cpu" else pytest.param(n, marks=pytest.mark.slow)
@@ -76,7 +81,8 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tmp
     assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
     fig, rendered = plots.experiment_figure(sweep)
     heatmaps = [ax for ax in fig.axes if ax.images]
-    assert rendered == name and len(heatmaps) == int(np.prod(sizes))
+    values = 1 if isinstance(cfg.exp.value, str) else len(cfg.exp.value)
+    assert rendered == name and len(heatmaps) == int(np.prod(sizes)) * values
     for ax in heatmaps:  # the huge η_trgt diverges: its cells are empty and the boundary is drawn
         grid = ax.images[0].get_array()
         assert grid.shape == (2, 2) and grid.mask[:, 1].all() and not grid.mask[:, 0].any()

@@ -130,7 +130,8 @@ def save(fig, path) -> pathlib.Path:
 # ---- phase diagrams -----------------------------------------------------------------------------------------------
 VALUE_LABELS = {"best_test_acc": "best test accuracy", "final_test_acc": "final test accuracy",
                 "final_test_loss": "final test loss", "final_train_loss": "final training loss",
-                "t_reach": r"$T_{\rm reach}$", "t_save": r"$T_{\rm save}$"}
+                "t_reach": r"$T_{\rm reach}$", "t_save": r"$T_{\rm save}$",
+                "t_reach_fraction": r"$T_{\rm reach}/T_{\rm wrm}$", "t_save_fraction": r"$T_{\rm save}/T_{\rm wrm}$"}
 AXIS_LABELS = {"lr_trgt_scale": r"$\eta_{\rm trgt}\,\lambda^H_0$", "schedule.lr_trgt": r"$\eta_{\rm trgt}$",
                "lr_trgt": r"$\eta_{\rm trgt}$", "warmup_steps": r"$T_{\rm wrm}$"}
 LOWER_IS_BETTER = ("loss",)  # value names containing these get a reversed colour map
@@ -161,12 +162,16 @@ def _first_index(flags: np.ndarray) -> float:
     return float(hits[0]) if len(hits) else np.nan
 
 
-def phase_diagram(table: pd.DataFrame, *, value: str = "best_test_acc", x: str = "lr_trgt_scale",
+def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_acc", x: str = "lr_trgt_scale",
                   y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
     """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
     colour scale. Diverged cells are left empty; failed cells are marked F, errors !, cells without runs ·. The
     divergence boundary (left edge of the first diverged cell in each T_wrm row) is drawn solid red, the failure
-    boundary (first failed or diverged cell) dashed black."""
+    boundary (first failed or diverged cell) dashed black. A list of values (e.g. T_reach and T_save fractions)
+    gives one column of panels per value instead of `cols_by`."""
+    if not isinstance(value, str):
+        table = pd.concat([table.assign(quantity=VALUE_LABELS.get(v, v), _value=table[v]) for v in value])
+        value, cols_by = "_value", "quantity"
     by = [k for k in (rows_by, cols_by) if k]
     cells = cell_table(table, value, x, y, by)
     xs, ys = sorted(cells[x].dropna().unique()), sorted(cells[y].dropna().unique())
@@ -214,7 +219,7 @@ def phase_diagram(table: pd.DataFrame, *, value: str = "best_test_acc", x: str =
             ax.set_xlabel(AXIS_LABELS.get(x, x))
             ax.set_ylabel(AXIS_LABELS.get(y, y))
             ax.set_title(" · ".join(_label(v) for v in (row, col) if v is not None), fontsize=10)
-    fig.colorbar(image, ax=axes, shrink=0.8, label=VALUE_LABELS.get(value, value))
+    fig.colorbar(image, ax=axes, shrink=0.8, label=VALUE_LABELS.get(value, "" if value == "_value" else value))
     if title:
         fig.suptitle(title)
     return fig
@@ -231,7 +236,8 @@ def experiment_figure(sweep_dir):
                             rows_by=exp.get("rows_by"), cols_by=exp.get("cols_by"), title=exp.get("title", ""))
     else:
         fig = trajectory_figure(runs, [PANELS[name] for name in exp["panels"]], rows_by=exp["rows_by"],
-                                color_by=exp["color_by"], title=exp.get("title", ""))
+                                color_by=exp["color_by"], title=exp.get("title", ""),
+                                **({"color_label": exp["color_label"]} if "color_label" in exp else {}))
     return fig, exp["name"]
 
 
