@@ -144,3 +144,19 @@ def test_submitit_launcher_runs_cells_as_local_jobs(data_root, tmp_path):
     assert finished(tmp_path) == set(summaries(tmp_path)) and len(summaries(tmp_path)) == 2
     assert any((tmp_path / ".submitit").iterdir())  # submitit's job folders: the cells ran as its jobs
     assert sorted(collect.collect(tmp_path).lr_trgt_scale) == [1, 2]
+
+
+def test_parallel_launcher_caps_each_processes_share_of_the_gpu():
+    from conftest import compose_config
+    cfg = compose_config(["launcher=parallel", "hydra.launcher.n_jobs=4"], with_hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    env = cfg.hydra.job.env_set
+    assert env.XLA_PYTHON_CLIENT_MEM_FRACTION == "0.225" and env.XLA_PYTHON_CLIENT_PREALLOCATE == "false"
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_cells_in_worker_processes(data_root, tmp_path):
+    result = launch(tmp_path, data_root, "schedule.lr_trgt_scale=1,2", "launcher=parallel")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Joblib" in result.stderr + result.stdout
+    assert finished(tmp_path) == set(summaries(tmp_path)) and len(summaries(tmp_path)) == 2
