@@ -160,3 +160,14 @@ def test_parallel_launcher_runs_cells_in_worker_processes(data_root, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Joblib" in result.stderr + result.stdout
     assert finished(tmp_path) == set(summaries(tmp_path)) and len(summaries(tmp_path)) == 2
+
+
+def test_skip_above_stops_each_lr_axis_at_its_first_divergence(data_root, tmp_path):
+    result = launch(tmp_path, data_root, "schedule.lr_trgt_scale=1,64,128", "schedule.warmup_steps=1,8",
+                    "train.skip_above=diverged")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = collect.collect(tmp_path).set_index(["lr_trgt_scale", "warmup_steps"])
+    assert table.loc[(64, 1), "status"] == "diverged"
+    assert table.loc[(128, 1), "status"] == "skipped" and "lr_trgt_scale=64" in table.loc[(128, 1), "skipped_because"]
+    assert table.loc[(128, 8), "status"] != "skipped"  # another T_wrm: its own axis
+    assert not (tmp_path / table.loc[(128, 1), "run"] / "metrics.csv").exists()  # nothing was trained

@@ -165,7 +165,8 @@ def _first_index(flags: np.ndarray) -> float:
 def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_acc", x: str = "lr_trgt_scale",
                   y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
     """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
-    colour scale. Diverged cells are left empty; failed cells are marked F, errors !, cells without runs ·. The
+    colour scale. Diverged cells are left empty; failed cells are marked F, errors !, skipped cells – (train.skip_above),
+    cells without runs ·. The
     divergence boundary (left edge of the first diverged cell in each T_wrm row) is drawn solid red, the failure
     boundary (first failed or diverged cell) dashed black. A list of values (e.g. T_reach and T_save fractions)
     gives one column of panels per value instead of `cols_by`."""
@@ -200,7 +201,7 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=vmin,
                               vmax=vmax)
             for (a, b), s in np.ndenumerate(status):
-                mark = {"failed": "F", "error": "!", "": "·"}.get(s)
+                mark = {"failed": "F", "error": "!", "skipped": "–", "": "·"}.get(s)
                 if s == "converged" and len(xs) <= 16:  # the number itself, small
                     v = grid[a, b]
                     ax.text(b, a, f"{100 * v:.0f}" if "acc" in value else f"{v:.2g}", ha="center", va="center",

@@ -11,7 +11,7 @@ METRIC_COLUMNS = (
     "sharpness", "sharpness_threshold", "pre_sharpness", "pre_sharpness_threshold",
     "test_loss", "test_acc",
 )
-FINISHED = ("converged", "diverged", "failed")
+FINISHED = ("converged", "diverged", "failed", "skipped")  # skipped: train.skip_above (a smaller η_trgt stopped it)
 
 
 def write_atomic(path, text: str) -> None:
@@ -59,6 +59,6 @@ def write_error(run_dir, err: BaseException) -> None:
 
 
 def is_finished(run_dir) -> bool:
-    """A run whose summary says converged / diverged / failed is a result and is not redone."""
+    """A run whose summary says converged / diverged / failed / skipped is a result and is not redone."""
     summary = read_summary(run_dir)
     return summary is not None and summary.get("status") in FINISHED

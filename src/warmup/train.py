@@ -65,6 +65,8 @@ def validate(cfg: DictConfig) -> None:
     _require(isinstance(t.eval_every, int) and t.eval_every >= 0,
              f"train.eval_every={t.eval_every}: must be an integer >= 0 (0 = only at the end)")
     _require(t.divergence_factor > 1, f"train.divergence_factor={t.divergence_factor}: must be > 1")
+    _require(t.skip_above in (None, "diverged", "failed"),
+             f"train.skip_above={t.skip_above}: unknown; allowed: null, diverged, failed")
     d = cfg.data
     _require(d.num_examples is None or (isinstance(d.num_examples, int) and d.num_examples >= 1),
              f"data.num_examples={d.num_examples}: must be an integer >= 1 or null (all)")
@@ -158,6 +160,15 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
         return records.read_summary(run_dir)
     start = time.perf_counter()
     validate(cfg)
+    if cfg.train.skip_above is not None and (stopper := smaller_lr_that_stopped(cfg, run_dir)):
+        summary = dict(status="skipped", skipped_because=stopper.name, lr_trgt=cfg.schedule.lr_trgt,
+                       lr_trgt_scale=cfg.schedule.lr_trgt_scale, warmup_steps=cfg.schedule.warmup_steps)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        records.write_summary(run_dir, summary)
+        print(f"{run_dir}: skipped, a smaller η_trgt at this T_wrm {records.read_summary(stopper)['status']} "
+              f"({stopper})")
+        return summary
     try:
         b = build(cfg)
     except ValueError as err:  # the library's own checks (optimiser hyperparameters, model depth, ...)
@@ -195,6 +206,35 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
                          frozen=bool(state.frozen), steps_completed=int(state.step),
                          diverged_step=int(state.diverged_step), evaluate=make_evaluate(b, cfg.train.eval_batch),
                          start=start)
+
+
+_LR_KEYS = ("lr_trgt", "lr_trgt_scale")
+_NOT_A_CELL = ("data.root", "train.progress")
+
+
+def _cell_key(config: dict) -> dict:
+    """A run's resolved config flattened, without η_trgt and what does not define the cell."""
+    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
+    return {k: repr(v) for k, v in flat.items() if k not in _NOT_A_CELL and k[len("schedule."):] not in _LR_KEYS}
+
+
+def smaller_lr_that_stopped(cfg: DictConfig, run_dir: pathlib.Path) -> pathlib.Path | None:
+    """With `train.skip_above` = diverged (or failed: failed or diverged), the sibling record in `run_dir`'s sweep
+    folder that stops this cell: same config up to η_trgt, a smaller η_trgt (given the same way), and that status.
+    This is how the paper swept: each T_wrm's η axis ends at its first divergence / failure."""
+    statuses = {"diverged": ("diverged",), "failed": ("failed", "diverged")}[cfg.train.skip_above]
+    which = "lr_trgt" if cfg.schedule.lr_trgt is not None else "lr_trgt_scale"
+    mine = OmegaConf.to_container(cfg, resolve=True)
+    key = _cell_key(mine)
+    for sibling in sorted(pathlib.Path(run_dir).parent.iterdir()):
+        summary = records.read_summary(sibling) if sibling != run_dir and sibling.is_dir() else None
+        if summary is None or summary.get("status") not in statuses or not (sibling / "config.yaml").exists():
+            continue
+        theirs = OmegaConf.to_container(OmegaConf.load(sibling / "config.yaml"))
+        lr = theirs["schedule"].get(which)
+        if lr is not None and lr < mine["schedule"][which] and _cell_key(theirs) == key:
+            return sibling
+    return None
 
 
 def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, schedules.ScheduleParams | None, dict]:
