@@ -8,10 +8,14 @@ What is measured
                   build, λ₀ᴴ, compile, train, records, final evaluation — all of it timed.
       batched     `sweep.run_grid(cfgs, run_dirs)`, what `launcher=batched` calls: one build and λ₀ᴴ per seed, one
                   compiled vmapped program for all 16 cells, the same records.
-    Both write ordinary run records into a temporary directory; the benchmark then checks that every cell's status
-    and metrics.csv agree (lr exactly; losses, accuracies and the test evaluation to 1e-4 relative: XLA may fuse a
-    vmapped program differently) and prints cells per second for each and the ratio batched/sequential.
-    Targets: never slower on CPU (ratio >= 1); >= 8x on a GPU.
+    Both write ordinary run records into a temporary directory. The check: every cell's status and η_t agree
+    exactly, and its metrics (losses, accuracies, gradient norm) agree to 1e-4 relative over the first CHECK_STEPS
+    steps. Not over the whole run: a vmapped program sums in another order (float32 rounding ~1e-7), and SGD near
+    the edge of stability amplifies such differences to O(1) within a few hundred steps. To show that this is the
+    dynamics and not the runner, the benchmark reruns the worst cell sequentially with η_trgt changed by a relative
+    1e-6 and prints how far that run drifts from the unperturbed one, next to the batched drift.
+    Printed: cells per second for each and the ratio batched/sequential. Targets: never slower on CPU (ratio >= 1);
+    >= 8x on a GPU.
 
 How to run (CPU: about 2 minutes on 2 cores):
     .venv/bin/python benchmarks/sweep_throughput.py [--steps N] [--data-root DIR]
@@ -31,6 +35,8 @@ GRID = [(c, t) for c in (1, 4, 16, 64) for t in (1, 16, 64, 256)]
 COMPARED_EXACT = ("step", "lr")
 COMPARED_CLOSE = ("train_loss", "train_acc", "grad_norm", "test_loss", "test_acc")
 RTOL = 1e-4
+CHECK_STEPS = 10
+PERTURBATION = 1e-6
 
 
 def cell_configs(steps: int, data_root: str | None):
@@ -43,8 +49,21 @@ def cell_configs(steps: int, data_root: str | None):
                                                         f"schedule.warmup_steps={t}"]) for c, t in GRID]
 
 
+def drift_curve(a_dir: pathlib.Path, b_dir: pathlib.Path) -> np.ndarray:
+    """Relative difference of the training loss between two records at each of their common steps."""
+    a, b = records.read_metrics(a_dir), records.read_metrics(b_dir)
+    n = min(len(a), len(b))
+    x, y = a.train_loss.to_numpy()[:n], b.train_loss.to_numpy()[:n]
+    return np.abs(x - y) / np.abs(y).clip(1e-12)
+
+
+def first_step_above(curve: np.ndarray, level: float = RTOL) -> str:
+    above = np.flatnonzero(curve > level)
+    return str(above[0]) if len(above) else "never"
+
+
 def compare(a_dir: pathlib.Path, b_dir: pathlib.Path) -> str | None:
-    """None when the two records agree, else what differs."""
+    """None when the two records agree (status, η_t, and metrics over the first CHECK_STEPS), else what differs."""
     sa, sb = records.read_summary(a_dir), records.read_summary(b_dir)
     if sa["status"] != sb["status"]:
         return f"status {sa['status']} vs {sb['status']}"
@@ -52,10 +71,11 @@ def compare(a_dir: pathlib.Path, b_dir: pathlib.Path) -> str | None:
     for column in COMPARED_EXACT:
         if not np.array_equal(a[column].to_numpy(), b[column].to_numpy(), equal_nan=True):
             return f"{column} differs"
+    early_a, early_b = a[a.step < CHECK_STEPS], b[b.step < CHECK_STEPS]
     for column in COMPARED_CLOSE:
-        if not np.allclose(a[column], b[column], rtol=RTOL, atol=0, equal_nan=True):
-            worst = np.nanmax(np.abs(a[column] - b[column]) / np.abs(b[column]).clip(1e-12))
-            return f"{column} differs (largest relative difference {worst:.2e})"
+        if not np.allclose(early_a[column], early_b[column], rtol=RTOL, atol=0, equal_nan=True):
+            worst = np.nanmax(np.abs(early_a[column] - early_b[column]) / np.abs(early_b[column]).clip(1e-12))
+            return f"{column} differs in the first {CHECK_STEPS} steps (largest relative difference {worst:.2e})"
     return None
 
 
@@ -82,6 +102,14 @@ def main() -> int:
 
         mismatches = {d.name: why for d, b in zip(seq_dirs, bat_dirs) if (why := compare(b, d))}
         statuses = [records.read_summary(d)["status"] for d in seq_dirs]
+        curves = [drift_curve(b, d) for d, b in zip(seq_dirs, bat_dirs)]
+        drifts = [float(np.nanmax(c)) for c in curves]
+        worst = int(np.argmax(drifts))
+        c, t = GRID[worst]
+        perturbed = cfgs[worst].copy()
+        perturbed.schedule.lr_trgt_scale = c * (1 + PERTURBATION)
+        train.execute(perturbed, root / "perturbed")
+        perturbed_curve = drift_curve(root / "perturbed", seq_dirs[worst])
 
     n = len(GRID)
     ratio = sequential_s / batched_s
@@ -91,7 +119,12 @@ def main() -> int:
     print(f"sequential: {sequential_s:8.1f} s  {n / sequential_s:7.3f} cells/s")
     print(f"batched:    {batched_s:8.1f} s  {n / batched_s:7.3f} cells/s")
     print(f"ratio batched/sequential (cells per second): {ratio:.2f}x  (targets: >= 1 on CPU, >= 8 on a GPU)")
-    print("records agree: " + ("yes, every cell" if not mismatches else f"NO: {mismatches}"))
+    print(f"records agree (status, η_t; metrics over the first {CHECK_STEPS} steps to {RTOL:g}): "
+          + ("yes, every cell" if not mismatches else f"NO: {mismatches}"))
+    print(f"whole-run drift of the training loss, batched vs sequential: median {np.median(drifts):.1e}, largest "
+          f"{drifts[worst]:.1e} (c = {c}, T_wrm = {t}, above {RTOL:g} from step {first_step_above(curves[worst])}); "
+          f"the same cell run sequentially with η_trgt × (1 + {PERTURBATION:g}) drifts {np.nanmax(perturbed_curve):.1e} "
+          f"from it (above {RTOL:g} from step {first_step_above(perturbed_curve)})")
     return 0 if not mismatches else 1
 
 
