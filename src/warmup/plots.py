@@ -68,8 +68,12 @@ def load_runs(sweep_dir) -> list[Run]:
     return [run for run in found if run is not None]
 
 
+LABELS = {"sp": "SP", "mup": "μP", "sgd": "SGD", "adam": "Adam", "gi_adam": "GI-Adam", "ri_adam": "RI-Adam",
+          "radam": "RAdam", "mse": "MSE", "xent": "cross-entropy"}
+
+
 def _label(value) -> str:
-    return {"sp": "SP", "mup": "μP"}.get(value, str(value))
+    return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
 
 
 def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, color_by: str, title: str = "",
