@@ -139,6 +139,8 @@ VALUE_LABELS = {"best_test_acc": "best test accuracy", "final_test_acc": "final 
 AXIS_LABELS = {"lr_trgt_scale": r"$\eta_{\rm trgt}\,\lambda^H_0$", "schedule.lr_trgt": r"$\eta_{\rm trgt}$",
                "lr_trgt": r"$\eta_{\rm trgt}$", "warmup_steps": r"$T_{\rm wrm}$"}
 LOWER_IS_BETTER = ("loss",)  # value names containing these get a reversed colour map
+# Fixed before training (the η_c search's schedule): shown for every cell, diverged ones included.
+PLANNED = ("eta_c", "t_reach", "t_save", "t_reach_fraction", "t_save_fraction")
 
 
 def _tick(value) -> str:
@@ -148,15 +150,15 @@ def _tick(value) -> str:
     return f"{value:.3g}"
 
 
-def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str]) -> pd.DataFrame:
-    """One row per (panel, x, y) cell: `value` averaged over the cell's runs that finished it (seeds), the cell's
-    status (its runs' most common one) and how many runs it holds."""
+def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str], planned: bool = False) -> pd.DataFrame:
+    """One row per (panel, x, y) cell: `value` averaged over the cell's runs that trained to the end (seeds; every
+    run when `planned`), the cell's status (its runs' most common one) and how many runs it holds."""
     keys = [*by, x, y]
     rows = []
     for key, runs in table.groupby(keys, dropna=False, sort=True):
         status = runs.status.mode().iloc[0]
         values = pd.to_numeric(runs[value], errors="coerce") if value in runs else pd.Series(dtype=float)
-        usable = values[runs.status.isin(("converged", "failed"))]
+        usable = values if planned else values[runs.status.isin(("converged", "failed"))]
         rows.append({**dict(zip(keys, key)), "status": status, "value": usable.mean(), "runs": len(runs)})
     return pd.DataFrame(rows, columns=[*keys, "status", "value", "runs"])
 
@@ -169,16 +171,18 @@ def _first_index(flags: np.ndarray) -> float:
 def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_acc", x: str = "lr_trgt_scale",
                   y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
     """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
-    colour scale. Diverged cells are left empty; failed cells are marked F, errors !, skipped cells – (train.skip_above),
+    colour scale. Diverged cells are left empty (unless the value is `PLANNED` before training); failed cells are F, errors !, skipped cells – (train.skip_above),
     cells without runs ·. The
     divergence boundary (left edge of the first diverged cell in each T_wrm row) is drawn solid red, the failure
     boundary (first failed or diverged cell) dashed black. A list of values (e.g. T_reach and T_save fractions)
     gives one column of panels per value instead of `cols_by`."""
+    values = [value] if isinstance(value, str) else list(value)
+    planned = all(v in PLANNED for v in values)  # shown for diverged cells too
     if not isinstance(value, str):
         table = pd.concat([table.assign(quantity=VALUE_LABELS.get(v, v), _value=table[v]) for v in value])
         value, cols_by = "_value", "quantity"
     by = [k for k in (rows_by, cols_by) if k]
-    cells = cell_table(table, value, x, y, by)
+    cells = cell_table(table, value, x, y, by, planned)
     xs, ys = sorted(cells[x].dropna().unique()), sorted(cells[y].dropna().unique())
     row_values = sorted(cells[rows_by].unique(), key=str) if rows_by else [None]
     col_values = sorted(cells[cols_by].unique(), key=str) if cols_by else [None]
@@ -201,13 +205,13 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             for _, c in panel.iterrows():
                 a, b = ys.index(c[y]), xs.index(c[x])
                 status[a, b] = c.status
-                grid[a, b] = c.value if c.status in ("converged", "failed") else np.nan
+                grid[a, b] = c.value
             image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=vmin,
                               vmax=vmax)
             for (a, b), s in np.ndenumerate(status):
                 mark = {"failed": "F", "error": "!", "skipped": "–", "": "·"}.get(s)
-                if s == "converged" and len(xs) <= 16:  # the number itself, small
-                    v = grid[a, b]
+                v = grid[a, b]
+                if s != "failed" and np.isfinite(v) and len(xs) <= 16:  # the number itself, small
                     ax.text(b, a, f"{100 * v:.0f}" if "acc" in value else f"{v:.2g}", ha="center", va="center",
                             fontsize=6, color="white" if (v - vmin) < 0.5 * (vmax - vmin) else "black")
                 elif mark:
