@@ -1,4 +1,6 @@
 import gzip
+import os
+import tempfile
 
 import jax
 import numpy as np
@@ -40,6 +42,12 @@ def data_root(tmp_path_factory):
 def offline(monkeypatch):
     monkeypatch.setenv("WARMUP_OFFLINE", "1")
 
+
+# For tests that run the CLI in subprocesses: offline, and one persistent compilation cache shared by all of them
+# (they compile the same few programs again and again).
+CLI_ENV = {**os.environ, "WARMUP_OFFLINE": "1",
+           "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="warmup_jax_cache_"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
 TINY = ["model.width=32", "model.depth=3", "data.num_examples=128", "train.steps=20", "train.chunk_steps=8",
         "train.eval_every=10", "train.eval_batch=100", "train.progress=false"]

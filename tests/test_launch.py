@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from warmup import collect, records
-from conftest import TINY
+from conftest import CLI_ENV, TINY
 
 GRID = ["schedule.lr_trgt_scale=1,64", "schedule.warmup_steps=1,8"]  # c = 64 without warmup diverges
-ENV = {**os.environ, "WARMUP_OFFLINE": "1"}
+ENV = CLI_ENV
 
 
 def sweep_cmd(sweep_dir, data_root, *args):
@@ -72,7 +72,7 @@ def test_batched_launcher_reproduces_the_sequential_records(reference, data_root
         np.testing.assert_allclose(a.sharpness, b.sharpness, rtol=1e-3)
 
 
-@pytest.mark.parametrize("launcher", ["sequential", "batched"])
+@pytest.mark.parametrize("launcher", ["sequential", pytest.param("batched", marks=pytest.mark.slow)])
 def test_sweep_killed_mid_way_resumes_without_redoing_finished_cells(data_root, tmp_path, launcher):
     # Two cell groups (the loss differs, so the batched launcher compiles two programs, one after the other), slow
     # enough that the kill lands while a later cell trains.
@@ -122,7 +122,7 @@ def test_sweep_killed_mid_way_resumes_without_redoing_finished_cells(data_root, 
     np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-4)
 
 
-@pytest.mark.parametrize("launcher", ["sequential", "batched"])
+@pytest.mark.parametrize("launcher", ["sequential", pytest.param("batched", marks=pytest.mark.slow)])
 def test_cell_that_raises_is_recorded_as_error_and_the_sweep_goes_on(data_root, tmp_path, launcher):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -163,7 +163,7 @@ def test_parallel_launcher_runs_cells_in_worker_processes(data_root, tmp_path):
 
 
 def test_skip_above_stops_each_lr_axis_at_its_first_divergence(data_root, tmp_path):
-    result = launch(tmp_path, data_root, "schedule.lr_trgt_scale=1,64,128", "schedule.warmup_steps=1,8",
+    result = launch(tmp_path, data_root, "schedule.lr_trgt_scale=64,128", "schedule.warmup_steps=1,8",
                     "train.skip_above=diverged")
     assert result.returncode == 0, result.stderr[-2000:]
     table = collect.collect(tmp_path).set_index(["lr_trgt_scale", "warmup_steps"])

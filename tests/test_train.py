@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import pandas as pd
 import pytest
 
 from warmup import records, train
-from conftest import TINY, compose_config
+from conftest import CLI_ENV, TINY, compose_config
 
 
 def test_run_writes_the_record_contract(run):
@@ -87,7 +86,7 @@ def test_finished_run_is_skipped(run, data_root, tmp_path):
 
 def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "warmup.train", *args], capture_output=True, text=True,
-                          env={**os.environ, "WARMUP_OFFLINE": "1", **(env or {})}, timeout=120)
+                          env={**CLI_ENV, **(env or {})}, timeout=120)
 
 
 @pytest.mark.parametrize("args, words", [
