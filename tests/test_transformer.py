@@ -154,3 +154,13 @@ def test_language_model_full_batch_gd(run_lm, text_root):
     assert summary["measure_examples"] == windows  # full batch: λᴴ on every non-overlapping training window
     metrics = records.read_metrics(run_dir)
     assert metrics.train_loss.iloc[9] < metrics.train_loss.iloc[0]
+
+
+def test_sgd_catapult_search_reports_no_catapult_on_a_transformer(run_lm):
+    run_dir, summary = run_lm("schedule.init=catapult", "schedule.lr_trgt_scale=1000", "schedule.warmup_steps=16",
+                              "train.steps=8", "train.eval_every=0")
+    assert summary["catapult_check"] == "diverged" and summary["eta_c"] is None and not summary["eta_c_found"]
+    assert summary["no_catapult_lr"] > 2 / summary["lambda0"]  # far beyond the quadratic edge 2/λ₀ᴴ
+    assert summary["catapult_check_losses"][-1] > 1000 or not math.isfinite(summary["catapult_check_losses"][-1])
+    lr = records.read_metrics(run_dir).lr.dropna().to_numpy()  # η_trgt = 1000/λ₀ᴴ diverges after a few steps
+    np.testing.assert_allclose(lr, summary["lr_trgt"] * (np.arange(len(lr)) + 1) / 16, rtol=1e-6)  # from 0

@@ -54,6 +54,8 @@ def validate(cfg: DictConfig) -> None:
     _require(s.init in SCHEDULE_INITS, f"schedule.init={s.init}: unknown; allowed: {', '.join(SCHEDULE_INITS)}")
     _require(s.search_delta > 0 and s.search_lr_start > 0 and s.search_max_forward_passes >= 2,
              "schedule.search_delta / search_lr_start: must be > 0, schedule.search_max_forward_passes: >= 2")
+    _require(isinstance(s.search_check_steps, int) and s.search_check_steps >= 0,
+             f"schedule.search_check_steps={s.search_check_steps}: must be an integer >= 0 (0 = no check)")
     t = cfg.train
     _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
     _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
@@ -189,6 +191,39 @@ def search_catapult(b: Built, lr_trgt: float, delta: float, lr_start: float, max
                                  delta=delta, max_forward_passes=max_forward_passes)
 
 
+class CatapultCheck(NamedTuple):
+    outcome: str  # "recovered" (a catapult), "diverged" (no catapult), or "undecided" within the steps
+    steps: int  # updates taken
+    losses: list[float]  # L(θ_t)/L(θ₀) on the measurement batch, t = 0 … steps
+
+
+def check_catapult(b: Built, eta_c: float, max_steps: int, divergence_factor: float) -> CatapultCheck:
+    """Train from θ₀ at constant η_c on the measurement batch (the optimiser's real updates) until the loss returns
+    below L(θ₀) — the loss rise of the search was a catapult — or diverges (non-finite, or above divergence_factor ×
+    L(θ₀)): then the rise was the onset of divergence and there is no catapult to start the warmup from. SGD on a
+    Transformer is such a case (the paper sees no catapults there): LM-4-128 on the pydoc corpus first raises its
+    one-step loss near 58/λ₀ᴴ, and GD at that η multiplies the loss by 10⁴ within 4 steps."""
+    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(measure_loss)(params)
+        updates, opt_state = b.tx.update(grads, opt_state, params)
+        return jax.tree.map(lambda p, u: p - eta_c * u, params, updates), opt_state, loss
+
+    params, opt_state = b.params, b.tx.init(b.params)
+    losses = []
+    for t in range(max_steps + 1):
+        params, opt_state, loss = step(params, opt_state)  # `loss` is L(θ_t), before this update
+        losses.append(float(loss))
+        ratio = losses[-1] / losses[0]
+        if not math.isfinite(ratio) or ratio > divergence_factor:
+            return CatapultCheck("diverged", t, [x / losses[0] for x in losses])
+        if t > 0 and ratio < 1:
+            return CatapultCheck("recovered", t, [x / losses[0] for x in losses])
+    return CatapultCheck("undecided", max_steps, [x / losses[0] for x in losses])
+
+
 def _nan_to_none(x) -> float | None:
     x = float(x)
     return None if not math.isfinite(x) else x
@@ -256,8 +291,18 @@ def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, sch
         return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
                                                   exponent=s.exponent, **decay), {}
     found = search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
-    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
-                  t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
+    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes)
+    if found.found and s.search_check_steps > 0:
+        check = check_catapult(b, found.eta_c, s.search_check_steps, cfg.train.divergence_factor)
+        search.update(catapult_check=check.outcome, catapult_check_steps=check.steps,
+                      catapult_check_losses=check.losses)
+        if check.outcome == "diverged":  # no catapult: report it, and warm up linearly from lr_init instead
+            print(f"schedule.init=catapult: no catapult — one step at η = {found.eta_c:.4g} raises the loss, but "
+                  f"training at that η diverges within {check.steps} steps; warming up from schedule.lr_init instead")
+            search.update(eta_c=None, eta_c_found=False, no_catapult_lr=found.eta_c, t_reach=None, t_save=None)
+            return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps,
+                                                      lr_init=s.lr_init, exponent=s.exponent, **decay), search
+    search.update(t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
                   t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
     return lr_trgt, catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay), search
 
