@@ -9,6 +9,7 @@ from warmup import losses, records, text, train
 from warmup.models import Embed, adam_lr_multipliers, build_model, layer_kinds
 from warmup.models.transformer import NORMS, sinusoidal_positions
 from conftest import TINY, compose_config
+from test_train import cli
 
 TOKENS = jax.random.randint(jax.random.key(0), (2, 12), 0, 50)
 
@@ -164,3 +165,27 @@ def test_sgd_catapult_search_reports_no_catapult_on_a_transformer(run_lm):
     assert summary["catapult_check_losses"][-1] > 1000 or not math.isfinite(summary["catapult_check_losses"][-1])
     lr = records.read_metrics(run_dir).lr.dropna().to_numpy()  # η_trgt = 1000/λ₀ᴴ diverges after a few steps
     np.testing.assert_allclose(lr, summary["lr_trgt"] * (np.arange(len(lr)) + 1) / 16, rtol=1e-6)  # from 0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["model=transformer"], ["model=transformer", "pydoc", "wikitext2", "data=fashion_mnist"]),
+    (["data=pydoc"], ["data=pydoc", "model=transformer"]),
+    (["model=transformer", "data=pydoc", "model.norm=sandwich"], ["model.norm=sandwich", "pre_no_final"]),
+    (["model=transformer", "data=pydoc", "data.context=0"], ["data.context=0", ">= 1"]),
+])
+def test_bad_language_model_input_is_one_line(args, words, tmp_path):
+    result = cli(*args, "schedule.lr_trgt=0.1", f"hydra.run.dir={tmp_path / 'run'}", env={"HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("exp", ["fig17", "fig17_cpu", "fig18", "fig18_cpu"])
+def test_mechanism_experiments_compose(exp):
+    cfg = compose_config([f"+exp={exp}"], with_hydra=True)
+    assert cfg.model.name == "transformer" and cfg.loss.name == "xent"
+    assert cfg.data.name == ("pydoc" if exp.endswith("_cpu") else "wikitext2")
+    assert set(cfg.hydra.sweeper.params["model.norm"].split(",")) == {"pre", "pre_no_final"}
+    train.validate(cfg)
