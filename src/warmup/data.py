@@ -102,7 +102,7 @@ def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
             SYSTEM_DIR / _SYSTEM_NAMES[name], pathlib.Path.home() / ".cache" / "warmup" / name]
 
 
-def online(url: str) -> bool:
+def _online(url: str) -> bool:
     """Whether the download host accepts a connection within the timeout ($WARMUP_OFFLINE=1: never try)."""
     if os.environ.get("WARMUP_OFFLINE"):
         return False
@@ -135,7 +135,7 @@ def find_root(name: str, root: str | None) -> pathlib.Path:
             return folder
     dest = pathlib.Path(root).expanduser() if root else folders[-1]
     problem = "and the download host is unreachable"
-    if online(_URLS[name]):
+    if _online(_URLS[name]):
         try:
             _download(name, dest)
             if _source(name, dest) is not None:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from warmup.data import ENV_VAR, DataNotFoundError, online
+from warmup import data
 
 CORPORA = ("wikitext2", "wikitext103", "pydoc")
 SPLITS = ("train", "valid", "test")
@@ -82,12 +82,12 @@ def _holds_splits(folder: pathlib.Path, layout: _Layout) -> bool:
     return all((folder / layout.pattern.format(s)).is_file() for s in SPLITS)
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+def _write_atomic(path: pathlib.Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(content)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -106,7 +106,7 @@ def pydoc_splits() -> dict[str, str]:
 
 
 def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
-    given = [pathlib.Path(d).expanduser() for d in (root, os.environ.get(ENV_VAR)) if d]
+    given = [pathlib.Path(d).expanduser() for d in (root, os.environ.get(data.ENV_VAR)) if d]
     return [*(p for d in given for p in (d, d / name)), pathlib.Path.home() / ".cache" / "warmup" / name]
 
 
@@ -139,7 +139,7 @@ def find_corpus(name: str, root: str | None) -> pathlib.Path:
             _extract(base / layout.archive, layout)
             return base / layout.folder
     problem = "and the download host is unreachable"
-    if online(_WIKITEXT_URL):
+    if data._online(_WIKITEXT_URL):  # the image loader's network check ($WARMUP_OFFLINE included)
         try:
             tmp = dest / f"{layout.archive}.part"
             dest.mkdir(parents=True, exist_ok=True)
@@ -152,9 +152,9 @@ def find_corpus(name: str, root: str | None) -> pathlib.Path:
             return dest / layout.folder
         except (OSError, zipfile.BadZipFile, KeyError) as err:
             problem = f"and the download into {dest} failed ({' '.join(str(err).split())})"
-    raise DataNotFoundError(
+    raise data.DataNotFoundError(
         f"{name}: need {layout.archive} or {layout.folder}/{layout.pattern.format('{train,valid,test}')} in one of "
-        f"{', '.join(map(str, folders))} (set data.root or ${ENV_VAR} to the folder holding them) {problem}")
+        f"{', '.join(map(str, folders))} (set data.root or ${data.ENV_VAR} to the folder holding them) {problem}")
 
 
 # ---- tokenizer and token streams ----------------------------------------------------------------------------
