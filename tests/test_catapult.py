@@ -155,6 +155,10 @@ def test_catapult_schedule_values_cap_and_jit():
     assert int(np.argmax(dense >= 1.2 - 1e-7)) == round(t_reach(0.3, 1.2, 64))
     # η_c ≥ η_trgt: constant η_trgt from the first step.
     np.testing.assert_allclose(learning_rate(steps, catapult_schedule(2.0, 1.0, 100)), 1.0)
+    # 0 < T_reach < 1 (η_c just below η_trgt): η_c at t = 0, then η_trgt, as the closed form on integer steps.
+    assert 0 < t_reach(0.99, 1.0, 64) < 1
+    np.testing.assert_allclose(learning_rate(jnp.arange(4), catapult_schedule(0.99, 1.0, 64)), [0.99, 1, 1, 1],
+                               rtol=1e-6)
 
 
 def two_layer_linear_problem():

@@ -3,45 +3,111 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from warmup import plots, train
+from conftest import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (train.CONFIG_DIR / "exp").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes(name):
-    from conftest import compose_config
     cfg = compose_config([f"+exp={name}"])
     train.validate(cfg)
-    assert set(cfg.exp.panels) <= set(plots.PANELS)
+    if cfg.exp.get("kind", "trajectory") == "phase":
+        values = [cfg.exp.value] if isinstance(cfg.exp.value, str) else list(cfg.exp.value)
+        assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
+    else:
+        assert set(cfg.exp.panels) <= set(plots.PANELS)
     assert cfg.exp.name == name
 
 
-CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu")]
+def kind(name):
+    return compose_config([f"+exp={name}"]).exp.get("kind", "trajectory")
+
+
+CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu") and kind(name) == "trajectory"]
+PHASE_CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu") and kind(name) == "phase"]
 FAST = {"fig1_cpu", "fig2_cpu", "fig9_cpu"}  # one of each panel family (GD, Adam, momentum); the rest are slow
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CPU_EXPERIMENTS])
 def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, tmp_path):
-    from conftest import compose_config
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
     minibatch = ["data.batch_size=16", "data.measure_examples=32"] if cfg.data.batch_size else []
+    by_warmup = cfg.exp.color_by == "schedule.warmup_steps"  # else the experiment's own sweep (fig7's variants)
     sweep = tmp_path / "sweep"
     args = [f"+exp={name}", f"data.root={data_root}", "model.width=8", "model.depth=3", "data.num_examples=64",
             "train.steps=12", "train.chunk_steps=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}",
-            "schedule.warmup_steps=1,4", *minibatch]
+            *(["schedule.warmup_steps=1,4"] if by_warmup else []), *minibatch]
     result = subprocess.run([sys.executable, "-m", "warmup.train", *args], cwd=tmp_path, capture_output=True,
                             text=True, env={**os.environ, "WARMUP_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    params = sorted(str(cfg.hydra.sweeper.params.param).split(","))
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [f"{p}_T{t}" for p in params for t in (1, 4)]
+    params = sorted(str(cfg.hydra.sweeper.params.get("param", cfg.param.name)).split(","))
+    expected = ([f"{p}_T{t}" for p in params for t in (1, 4)] if by_warmup
+                else sorted(str(cfg.hydra.sweeper.params[cfg.exp.color_by]).split(",")))
+    curves = 2 if by_warmup else len(expected)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == expected
     assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
     fig, rendered = plots.experiment_figure(sweep)
     panels = [plots.PANELS[p] for p in cfg.exp.panels]
     assert rendered == name and len(fig.axes) == len(panels) * len(params)
     assert [ax.get_ylabel() for ax in fig.axes] == [p.label for p in panels] * len(params)
     assert {ax.get_title() for ax in fig.axes} == {plots._label(p) for p in params}
-    for ax, panel in zip(fig.axes, panels * len(params)):  # two T_wrm curves, each with its thresholds
-        assert len(ax.lines) >= 2 * (1 + len(panel.thresholds)), (panel.column, len(ax.lines))
+    for ax, panel in zip(fig.axes, panels * len(params)):  # one curve per colour, each with its thresholds
+        assert len(ax.lines) >= curves * (1 + len(panel.thresholds)), (panel.column, len(ax.lines))
+
+
+@pytest.mark.parametrize("name", [n if n == "fig3_cpu" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in PHASE_CPU_EXPERIMENTS])
+def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tmp_path):
+    cfg = compose_config([f"+exp={name}"], with_hydra=True)
+    x_key = {"lr_trgt_scale": "schedule.lr_trgt_scale"}.get(cfg.exp.x, cfg.exp.x)
+    sweep = tmp_path / "sweep"
+    args = [f"+exp={name}", f"data.root={data_root}", "model.width=8", "model.depth=3", "data.num_examples=64",
+            "data.batch_size=16", "data.measure_examples=32", "train.steps=12", "train.chunk_steps=6",
+            "train.eval_every=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}", "schedule.warmup_steps=1,4",
+            f"{x_key}=0.01,1000" if x_key == "schedule.lr_trgt" else f"{x_key}=1,1000"]
+    result = subprocess.run([sys.executable, "-m", "warmup.train", *args], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "WARMUP_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    panels = [k for k in (cfg.exp.rows_by, cfg.exp.cols_by) if k]
+    sizes = [len(str(cfg.hydra.sweeper.params[{"param": "param", "loss": "loss"}.get(k, k)]).split(","))
+             for k in panels]
+    assert len(list(sweep.rglob("summary.json"))) == 4 * int(np.prod(sizes))
+    assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
+    fig, rendered = plots.experiment_figure(sweep)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    values = 1 if isinstance(cfg.exp.value, str) else len(cfg.exp.value)
+    assert rendered == name and len(heatmaps) == int(np.prod(sizes)) * values
+    for ax in heatmaps:  # the huge η_trgt diverges: its cells are empty and the boundary is drawn
+        grid = ax.images[0].get_array()
+        assert grid.shape == (2, 2) and grid.mask[:, 1].all() and not grid.mask[:, 0].any()
+        assert any(line.get_color() == "red" for line in ax.lines)
+
+
+def test_phase_diagram_marks_statuses_draws_boundaries_and_shares_the_colour_scale():
+    rows = []
+    for param, shift in (("sp", 0), ("mup", 1)):
+        for t in (1, 16, 256):
+            for i, c in enumerate((1, 2, 4, 8)):
+                # divergence starts one column later with each longer warmup, and one column later in μP
+                first_diverged = 2 + shift + (t > 1) + (t > 16)
+                status = "diverged" if i >= first_diverged else ("failed" if i == first_diverged - 1 else "converged")
+                rows.append(dict(param=param, warmup_steps=t, lr_trgt_scale=c, seed=0, status=status,
+                                 best_test_acc=0.1 if status == "failed" else 0.5 + 0.1 * i + 0.05 * shift))
+    table = pd.DataFrame(rows)
+    fig = plots.phase_diagram(table, value="best_test_acc", x="lr_trgt_scale", cols_by="param")
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in heatmaps] == ["μP", "SP"]
+    for ax in heatmaps:  # one colour scale for both panels
+        assert ax.images[0].get_clim() == pytest.approx((0.1, 0.85))
+    sp = heatmaps[1]
+    grid = sp.images[0].get_array()
+    np.testing.assert_array_equal(grid.mask, [[0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0]])  # rows: T_wrm 1, 16, 256
+    assert [t.get_text() for t in sp.texts].count("F") == 3
+    red = next(line for line in sp.lines if line.get_color() == "red")
+    assert list(red.get_xdata()) == [1.5, 1.5, 2.5, 2.5, 3.5, 3.5]  # left edges of the first diverged cells

@@ -102,12 +102,13 @@ def first_direction(tx: optax.GradientTransformation, grads, params):
 def catapult_schedule(eta_c, lr_trgt, warmup_steps, **decay) -> ScheduleParams:
     """η_t = η_c + η_trgt·t/T_wrm capped at η_trgt (paper §5), as the project's schedule: a linear warmup from
     η_c over T_reach = T_wrm(1 − η_c/η_trgt) steps counted from t (not t+1); no warmup when η_c ≥ η_trgt.
-    `decay` (decay_power, total_steps, lr_min_ratio) is passed on: decay starts at T_reach."""
+    `decay` (decay_power, total_steps, lr_min_ratio) is passed on: decay starts at T_reach. A T_reach in (0, 1) is
+    rounded up to 1 step: on integer steps both give η_0 = η_c and η_t = η_trgt from t = 1 on."""
     reach = float(t_reach(eta_c, lr_trgt, warmup_steps))
     if reach <= 0:
         return schedule_params(lr_trgt=lr_trgt, warmup_steps=1, **decay)
-    return schedule_params(lr_trgt=lr_trgt, warmup_steps=reach, lr_init=min(eta_c, lr_trgt), step_offset=0.0,
-                           **decay)
+    return schedule_params(lr_trgt=lr_trgt, warmup_steps=max(reach, 1.0), lr_init=min(eta_c, lr_trgt),
+                           step_offset=0.0, **decay)
 
 
 def t_reach(eta_c, lr_trgt, warmup_steps):

@@ -6,7 +6,8 @@
 Config columns are the run's resolved config.yaml, flattened to dotted keys, with the keys a table is usually sliced
 by given short names (`ALIASES`: optimizer, param, loss, model, data, width, depth, batch_size, num_examples, steps,
 warmup_steps, lr_init, lr_trgt_scale, seed). `schedule.lr_trgt` stays as given (null when η_trgt = c/λ₀ᴴ); the
-summary's `lr_trgt` is the absolute η_trgt actually used and `c = lr_trgt·lambda0` its value in units of 1/λ₀ᴴ.
+summary's `lr_trgt` is the absolute η_trgt actually used and `c = lr_trgt·lambda0` its value in units of 1/λ₀ᴴ;
+runs with an η_c search also get `t_reach_fraction` and `t_save_fraction` (T_reach, T_save over T_wrm).
 """
 import json
 import math
@@ -47,7 +48,7 @@ def config_columns(config: dict) -> dict:
 RESULT_COLUMNS = (
     "run", "status", "lambda0", "lr_trgt", "c", "steps_completed", "diverged_step", "num_params",
     "measure_examples", "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "best_test_acc",
-    "wall_time_s", "batched_cells", "eta_c", "t_reach", "t_save",
+    "wall_time_s", "batched_cells", "eta_c", "t_reach", "t_save", "t_reach_fraction", "t_save_fraction",
 )
 
 
@@ -80,6 +81,9 @@ def collect(sweep_dir) -> pd.DataFrame:
                **{k: v for k, v in summary.items() if k not in config}}
         lr, lam = row.get("lr_trgt"), row.get("lambda0")
         row["c"] = lr * lam if isinstance(lr, (int, float)) and isinstance(lam, (int, float)) else math.nan
+        for name in ("t_reach", "t_save"):  # the η_c search's savings as a fraction of the warmup (paper Fig. 5)
+            if isinstance(row.get(name), (int, float)) and row.get("warmup_steps"):
+                row[f"{name}_fraction"] = row[name] / row["warmup_steps"]
         rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:

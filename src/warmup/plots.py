@@ -1,4 +1,8 @@
-"""Figures from run records alone (config.yaml, metrics.csv, summary.json): no training needed to restyle them."""
+"""Figures from run records alone (config.yaml, metrics.csv, summary.json): no training needed to restyle them.
+
+Two kinds, chosen by an experiment's `exp.kind`: `trajectory` (metrics against the step, one colour per T_wrm) and
+`phase` (heatmaps of a summary field over the (η_trgt, T_wrm) grid, from `collect.collect`'s table).
+"""
 import pathlib
 from typing import NamedTuple
 
@@ -10,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from warmup import records  # noqa: E402
+from warmup import collect, records  # noqa: E402
 
 
 class Run(NamedTuple):
@@ -64,8 +68,12 @@ def load_runs(sweep_dir) -> list[Run]:
     return [run for run in found if run is not None]
 
 
+LABELS = {"sp": "SP", "mup": "μP", "sgd": "SGD", "adam": "Adam", "gi_adam": "GI-Adam", "ri_adam": "RI-Adam",
+          "radam": "RAdam", "mse": "MSE", "xent": "cross-entropy"}
+
+
 def _label(value) -> str:
-    return {"sp": "SP", "mup": "μP"}.get(value, str(value))
+    return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
 
 
 def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, color_by: str, title: str = "",
@@ -123,14 +131,122 @@ def save(fig, path) -> pathlib.Path:
     return path
 
 
+# ---- phase diagrams -----------------------------------------------------------------------------------------------
+VALUE_LABELS = {"best_test_acc": "best test accuracy", "final_test_acc": "final test accuracy",
+                "final_test_loss": "final test loss", "final_train_loss": "final training loss",
+                "t_reach": r"$T_{\rm reach}$", "t_save": r"$T_{\rm save}$",
+                "t_reach_fraction": r"$T_{\rm reach}/T_{\rm wrm}$", "t_save_fraction": r"$T_{\rm save}/T_{\rm wrm}$"}
+AXIS_LABELS = {"lr_trgt_scale": r"$\eta_{\rm trgt}\,\lambda^H_0$", "schedule.lr_trgt": r"$\eta_{\rm trgt}$",
+               "lr_trgt": r"$\eta_{\rm trgt}$", "warmup_steps": r"$T_{\rm wrm}$"}
+LOWER_IS_BETTER = ("loss",)  # value names containing these get a reversed colour map
+# Fixed before training (the η_c search's schedule): shown for every cell, diverged ones included.
+PLANNED = ("eta_c", "t_reach", "t_save", "t_reach_fraction", "t_save_fraction")
+
+
+def _tick(value) -> str:
+    """2^k for powers of two (the grids' η_trgt·λ₀ᴴ), else 3 significant digits."""
+    if value > 0 and float(np.log2(value)).is_integer() and abs(np.log2(value)) >= 2:
+        return f"$2^{{{int(np.log2(value))}}}$"
+    return f"{value:.3g}"
+
+
+def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str], planned: bool = False) -> pd.DataFrame:
+    """One row per (panel, x, y) cell: `value` averaged over the cell's runs that trained to the end (seeds; every
+    run when `planned`), the cell's status (its runs' most common one) and how many runs it holds."""
+    keys = [*by, x, y]
+    rows = []
+    for key, runs in table.groupby(keys, dropna=False, sort=True):
+        status = runs.status.mode().iloc[0]
+        values = pd.to_numeric(runs[value], errors="coerce") if value in runs else pd.Series(dtype=float)
+        usable = values if planned else values[runs.status.isin(("converged", "failed"))]
+        rows.append({**dict(zip(keys, key)), "status": status, "value": usable.mean(), "runs": len(runs)})
+    return pd.DataFrame(rows, columns=[*keys, "status", "value", "runs"])
+
+
+def _first_index(flags: np.ndarray) -> float:
+    hits = np.flatnonzero(flags)
+    return float(hits[0]) if len(hits) else np.nan
+
+
+def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_acc", x: str = "lr_trgt_scale",
+                  y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
+    """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
+    colour scale. Diverged cells are left empty (unless the value is `PLANNED` before training); failed cells are F, errors !, skipped cells – (train.skip_above),
+    cells without runs ·. The
+    divergence boundary (left edge of the first diverged cell in each T_wrm row) is drawn solid red, the failure
+    boundary (first failed or diverged cell) dashed black. A list of values (e.g. T_reach and T_save fractions)
+    gives one column of panels per value instead of `cols_by`."""
+    values = [value] if isinstance(value, str) else list(value)
+    planned = all(v in PLANNED for v in values)  # shown for diverged cells too
+    if not isinstance(value, str):
+        table = pd.concat([table.assign(quantity=VALUE_LABELS.get(v, v), _value=table[v]) for v in value])
+        value, cols_by = "_value", "quantity"
+    by = [k for k in (rows_by, cols_by) if k]
+    cells = cell_table(table, value, x, y, by, planned)
+    xs, ys = sorted(cells[x].dropna().unique()), sorted(cells[y].dropna().unique())
+    row_values = sorted(cells[rows_by].unique(), key=str) if rows_by else [None]
+    col_values = sorted(cells[cols_by].unique(), key=str) if cols_by else [None]
+    finite = cells.value[np.isfinite(cells.value.astype(float))]
+    vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0, 1)
+    cmap = plt.get_cmap("viridis_r" if any(w in value for w in LOWER_IS_BETTER) else "viridis").with_extremes(
+        bad="white")
+    fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False, constrained_layout=True,
+                             figsize=(0.55 * len(xs) * len(col_values) + 1.8, 0.45 * len(ys) * len(row_values) + 1.4))
+    for i, row in enumerate(row_values):
+        for j, col in enumerate(col_values):
+            ax = axes[i][j]
+            mask = np.ones(len(cells), bool)
+            for key, v in ((rows_by, row), (cols_by, col)):
+                if key:
+                    mask &= (cells[key] == v).to_numpy()
+            panel = cells[mask]
+            grid = np.full((len(ys), len(xs)), np.nan)
+            status = np.full((len(ys), len(xs)), "", dtype=object)
+            for _, c in panel.iterrows():
+                a, b = ys.index(c[y]), xs.index(c[x])
+                status[a, b] = c.status
+                grid[a, b] = c.value
+            image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=vmin,
+                              vmax=vmax)
+            for (a, b), s in np.ndenumerate(status):
+                mark = {"failed": "F", "error": "!", "skipped": "–", "": "·"}.get(s)
+                v = grid[a, b]
+                if s != "failed" and np.isfinite(v) and len(xs) <= 16:  # the number itself, small
+                    ax.text(b, a, f"{100 * v:.0f}" if "acc" in value else f"{v:.2g}", ha="center", va="center",
+                            fontsize=6, color="white" if (v - vmin) < 0.5 * (vmax - vmin) else "black")
+                elif mark:
+                    ax.text(b, a, mark, ha="center", va="center", fontsize=8, color="black" if s else "grey")
+            for flags, style in ((status == "diverged", dict(color="red", lw=2)),
+                                 (np.isin(status, ("diverged", "failed")), dict(color="black", lw=1.2, ls="--"))):
+                edge = np.array([_first_index(r) for r in flags]) - 0.5  # left edge of the first flagged cell
+                if np.isfinite(edge).any():
+                    steps_x = np.repeat(np.where(np.isfinite(edge), edge, len(xs) - 0.5), 2)
+                    steps_y = np.repeat(np.arange(len(ys)) - 0.5, 2) + np.tile([0, 1], len(ys))
+                    ax.plot(steps_x, steps_y, **style)
+            ax.set_xticks(range(len(xs)), [_tick(v) for v in xs], fontsize=7, rotation=45)
+            ax.set_yticks(range(len(ys)), [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in ys], fontsize=7)
+            ax.set_xlabel(AXIS_LABELS.get(x, x))
+            ax.set_ylabel(AXIS_LABELS.get(y, y))
+            ax.set_title(" · ".join(_label(v) for v in (row, col) if v is not None), fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.8, label=VALUE_LABELS.get(value, "" if value == "_value" else value))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def experiment_figure(sweep_dir):
     """The figure an experiment's runs ask for (their config's `exp` node), and the experiment's name."""
     runs = load_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"{sweep_dir}: no run records (config.yaml + metrics.csv) below it")
     exp = runs[0].config["exp"]
-    fig = trajectory_figure(runs, [PANELS[name] for name in exp["panels"]], rows_by=exp["rows_by"],
-                            color_by=exp["color_by"], title=exp.get("title", ""))
+    if exp.get("kind", "trajectory") == "phase":
+        fig = phase_diagram(collect.collect(sweep_dir), value=exp["value"], x=exp["x"], y=exp.get("y", "warmup_steps"),
+                            rows_by=exp.get("rows_by"), cols_by=exp.get("cols_by"), title=exp.get("title", ""))
+    else:
+        fig = trajectory_figure(runs, [PANELS[name] for name in exp["panels"]], rows_by=exp["rows_by"],
+                                color_by=exp["color_by"], title=exp.get("title", ""),
+                                **({"color_label": exp["color_label"]} if "color_label" in exp else {}))
     return fig, exp["name"]
 
 

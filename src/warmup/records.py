@@ -11,7 +11,7 @@ METRIC_COLUMNS = (
     "sharpness", "sharpness_threshold", "pre_sharpness", "pre_sharpness_threshold",
     "test_loss", "test_acc",
 )
-FINISHED = ("converged", "diverged", "failed")
+FINISHED = ("converged", "diverged", "failed", "skipped")  # skipped: train.skip_above (a smaller η_trgt stopped it)
 
 
 def write_atomic(path, text: str) -> None:
@@ -51,7 +51,14 @@ def read_summary(run_dir) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def write_error(run_dir, err: BaseException) -> None:
+    """Mark a run that raised: status `error` and the exception's one-line description. Not a result (an error is
+    usually the machine's or the code's, not the hyperparameters'), so a relaunched sweep runs the cell again."""
+    summary = read_summary(run_dir) or {}
+    write_summary(run_dir, {**summary, "status": "error", "error": f"{type(err).__name__}: {err}"})
+
+
 def is_finished(run_dir) -> bool:
-    """A run whose summary says converged / diverged / failed is a result and is not redone."""
+    """A run whose summary says converged / diverged / failed / skipped is a result and is not redone."""
     summary = read_summary(run_dir)
     return summary is not None and summary.get("status") in FINISHED

@@ -151,6 +151,32 @@ def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) ->
     return summaries
 
 
+def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_cells: int | None = None
+             ) -> list[dict | Exception]:
+    """Any grid: `partition` it into batchable groups (at most `max_cells` cells per program) and `run_batched` each.
+
+    A group that raises does not stop the others: its unfinished cells are recorded with status `error` and the
+    exception is returned in their places. Bad configuration (`train.ConfigError`) is raised before any training.
+    """
+    run_dirs = [pathlib.Path(d) for d in run_dirs]
+    for cfg in cfgs:
+        train.validate(cfg)
+    groups = [g[i:i + (max_cells or len(g))] for g in partition(cfgs) for i in range(0, len(g), max_cells or len(g))]
+    results: list[dict | Exception] = [None] * len(cfgs)
+    for group in groups:
+        try:
+            for i, summary in zip(group, run_batched([cfgs[i] for i in group], [run_dirs[i] for i in group])):
+                results[i] = summary
+        except train.ConfigError:
+            raise
+        except Exception as err:  # recorded per cell; the other groups go on
+            for i in group:
+                if not records.is_finished(run_dirs[i]):
+                    records.write_error(run_dirs[i], err)
+                results[i] = records.read_summary(run_dirs[i]) if records.is_finished(run_dirs[i]) else err
+    return results
+
+
 def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     start = time.perf_counter()
     for cfg in cfgs:

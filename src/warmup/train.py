@@ -24,6 +24,8 @@ from tqdm import tqdm
 from warmup import catapult, curvature, data, loop, losses, models, optim, records, schedules, text
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
+# launcher=parallel: each of n JAX processes may take this fraction of the GPU's memory
+OmegaConf.register_new_resolver("gpu_share", lambda n: f"{0.9 / int(n):.3f}", replace=True)
 SCHEDULE_INITS = ("linear", "catapult", "persistent")
 
 
@@ -65,6 +67,8 @@ def validate(cfg: DictConfig) -> None:
     _require(isinstance(t.eval_every, int) and t.eval_every >= 0,
              f"train.eval_every={t.eval_every}: must be an integer >= 0 (0 = only at the end)")
     _require(t.divergence_factor > 1, f"train.divergence_factor={t.divergence_factor}: must be > 1")
+    _require(t.skip_above in (None, "diverged", "failed"),
+             f"train.skip_above={t.skip_above}: unknown; allowed: null, diverged, failed")
     d = cfg.data
     _require(d.batch_size is None or (isinstance(d.batch_size, int) and d.batch_size >= 1),
              f"data.batch_size={d.batch_size}: must be an integer >= 1 or null (full batch)")
@@ -236,6 +240,15 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
         return records.read_summary(run_dir)
     start = time.perf_counter()
     validate(cfg)
+    if cfg.train.skip_above is not None and (stopper := smaller_lr_that_stopped(cfg, run_dir)):
+        summary = dict(status="skipped", skipped_because=stopper.name, lr_trgt=cfg.schedule.lr_trgt,
+                       lr_trgt_scale=cfg.schedule.lr_trgt_scale, warmup_steps=cfg.schedule.warmup_steps)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        records.write_summary(run_dir, summary)
+        print(f"{run_dir}: skipped, a smaller η_trgt at this T_wrm {records.read_summary(stopper)['status']} "
+              f"({stopper})")
+        return summary
     try:
         b = build(cfg)
     except ValueError as err:  # the library's own checks (optimiser hyperparameters, model depth, ...)
@@ -273,6 +286,35 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
                          frozen=bool(state.frozen), steps_completed=int(state.step),
                          diverged_step=int(state.diverged_step), evaluate=make_evaluate(b, cfg.train.eval_batch),
                          start=start)
+
+
+_LR_KEYS = ("lr_trgt", "lr_trgt_scale")
+_NOT_A_CELL = ("data.root", "train.progress")
+
+
+def _cell_key(config: dict) -> dict:
+    """A run's resolved config flattened, without η_trgt and what does not define the cell."""
+    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
+    return {k: repr(v) for k, v in flat.items() if k not in _NOT_A_CELL and k[len("schedule."):] not in _LR_KEYS}
+
+
+def smaller_lr_that_stopped(cfg: DictConfig, run_dir: pathlib.Path) -> pathlib.Path | None:
+    """With `train.skip_above` = diverged (or failed: failed or diverged), the sibling record in `run_dir`'s sweep
+    folder that stops this cell: same config up to η_trgt, a smaller η_trgt (given the same way), and that status.
+    This is how the paper swept: each T_wrm's η axis ends at its first divergence / failure."""
+    statuses = {"diverged": ("diverged",), "failed": ("failed", "diverged")}[cfg.train.skip_above]
+    which = "lr_trgt" if cfg.schedule.lr_trgt is not None else "lr_trgt_scale"
+    mine = OmegaConf.to_container(cfg, resolve=True)
+    key = _cell_key(mine)
+    for sibling in sorted(pathlib.Path(run_dir).parent.iterdir()):
+        summary = records.read_summary(sibling) if sibling != run_dir and sibling.is_dir() else None
+        if summary is None or summary.get("status") not in statuses or not (sibling / "config.yaml").exists():
+            continue
+        theirs = OmegaConf.to_container(OmegaConf.load(sibling / "config.yaml"))
+        lr = theirs["schedule"].get(which)
+        if lr is not None and lr < mine["schedule"][which] and _cell_key(theirs) == key:
+            return sibling
+    return None
 
 
 def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, schedules.ScheduleParams | None, dict]:
@@ -394,23 +436,28 @@ def finish_record(cfg: DictConfig, run_dir: pathlib.Path, summary: dict, metrics
 
 
 
-def _quiet_jax_logs() -> None:
+def quiet_jax_logs() -> None:
     """Hydra routes INFO logs to the console; JAX's backend probing (no TPU found, ...) is noise there."""
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    _quiet_jax_logs()
+    quiet_jax_logs()
+    run_dir = pathlib.Path(HydraConfig.get().runtime.output_dir)
     try:
-        execute(cfg, pathlib.Path(HydraConfig.get().runtime.output_dir))
+        execute(cfg, run_dir)
     except (ConfigError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
+    except Exception as err:  # recorded; a multirun goes on with its other cells and reports the error at the end
+        records.write_error(run_dir, err)
+        raise
 
 
 def _group_options(group: str) -> list[str]:
@@ -427,12 +474,12 @@ def precheck(overrides: list[str]) -> None:
     for override in plain:
         key, _, value = override.lstrip("+~").partition("=")
         if (CONFIG_DIR / key).is_dir() and value not in _group_options(key):
-            _fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
+            fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose(config_name="train", overrides=plain)
     except (HydraException, OmegaConfBaseException) as err:
-        _fail(re.sub(r"\s+", " ", str(err)).strip())
+        fail(re.sub(r"\s+", " ", str(err)).strip())
 
 
 def main() -> None:
