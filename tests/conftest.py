@@ -38,6 +38,38 @@ def data_root(tmp_path_factory):
     return write_learnable_idx(tmp_path_factory.mktemp("data"))
 
 
+WORDS = ("the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "tree", "quickly", "slowly", "and", "then")
+
+
+def wikitext_lines(n_lines, seed):
+    """WikiText-style raw lines (' = Title = ' headings, sentences of a tiny grammar, spaced punctuation)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n_lines):
+        if i % 10 == 0:
+            lines.append(f" = {WORDS[rng.integers(2, 10)].title()} = \n")
+        else:
+            word, words = rng.integers(len(WORDS)), []
+            for _ in range(rng.integers(4, 12)):  # a Markov chain with two successors per word: learnable
+                words.append(WORDS[word])
+                word = (3 * word + rng.integers(1, 3)) % len(WORDS)
+            lines.append(" " + " ".join(words) + " . \n")
+    return "".join(lines)
+
+
+def write_wikitext(root, folder="wikitext-2-raw", n_train=400, n_eval=40, seed=0):
+    """A small corpus in WikiText's published layout: <root>/<folder>/wiki.{train,valid,test}.raw."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for i, (split, n) in enumerate((("train", n_train), ("valid", n_eval), ("test", n_eval))):
+        (root / folder / f"wiki.{split}.raw").write_text(wikitext_lines(n, seed + i), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def text_root(tmp_path_factory):
+    return write_wikitext(tmp_path_factory.mktemp("text"))
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("WARMUP_OFFLINE", "1")

@@ -234,5 +234,5 @@ def test_invalid_arguments_name_the_allowed_values():
         build_model("wrn", param="sp", num_classes=10, width=4, depth=15)
     with pytest.raises(ValueError, match="sp, mup"):
         adam_lr_multipliers({}, "ntk", full_mup=True)
-    assert MODELS == ("fcn", "cnn", "wrn")
+    assert MODELS == ("fcn", "cnn", "wrn", "transformer")
     assert isinstance(build_model("cnn", param="sp", **kwargs), nn.Module)

@@ -26,7 +26,7 @@ def test_only_results_count_as_finished(tmp_path):
 
 
 def test_run_status_rules():
-    assert loop.run_status(True, 0.9, 10) == "diverged"
-    assert loop.run_status(False, 0.149, 10) == "failed"  # below 1.5 × chance
-    assert loop.run_status(False, float("nan"), 10) == "failed"
-    assert loop.run_status(False, 0.151, 10) == "converged"
+    assert loop.run_status(True, 0.9, 0.1) == "diverged"
+    assert loop.run_status(False, 0.149, 0.1) == "failed"  # below 1.5 × chance
+    assert loop.run_status(False, float("nan"), 0.1) == "failed"
+    assert loop.run_status(False, 0.151, 0.1) == "converged"

@@ -15,15 +15,15 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from warmup import curvature, data, schedules
+from warmup import curvature, data, schedules, text
 from warmup.losses import correct
 from warmup.optim import adam_moments
 
 
 class Arrays(NamedTuple):
     """Device-resident data, passed as arguments (not closed over) so it is never baked into the program."""
-    x_train: jax.Array
-    y_train: jax.Array  # one-hot targets
+    x_train: jax.Array  # images; for a language model drawing windows: the training stream[:-1]
+    y_train: jax.Array  # one-hot targets; for a language model drawing windows: stream[1:] (next tokens)
     x_measure: jax.Array  # the measurement batch for λᴴ (training set when full-batch)
     y_measure: jax.Array
     x_test: jax.Array  # padded to whole evaluation batches
@@ -51,6 +51,7 @@ class LoopConfig:
     b2: float = 0.999
     eps: float = 1e-8
     batch_size: int | None = None
+    context: int | None = None  # language model: batches are `batch_size` random windows of this many tokens
     flip: bool = False
     crop: int = 0
     mixup_alpha: float = 0.0
@@ -128,8 +129,11 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
 
     def train_step(state: LoopState, sched, arrays: Arrays, loss_bound, total_steps):
         key, batch_key, aug_key = jax.random.split(state.key, 3)
-        x, y = data.draw_batch(batch_key, arrays.x_train, arrays.y_train, cfg.batch_size)
-        x, y = data.augment(aug_key, x, y, flip=cfg.flip, crop=cfg.crop, mixup_alpha=cfg.mixup_alpha)
+        if cfg.context is not None and cfg.batch_size is not None:
+            x, y = text.draw_windows(batch_key, arrays.x_train, arrays.y_train, cfg.batch_size, cfg.context)
+        else:  # images; or a full-batch language model, whose x_train/y_train are all its windows
+            x, y = data.draw_batch(batch_key, arrays.x_train, arrays.y_train, cfg.batch_size)
+            x, y = data.augment(aug_key, x, y, flip=cfg.flip, crop=cfg.crop, mixup_alpha=cfg.mixup_alpha)
         (loss, logits), grads = jax.value_and_grad(
             lambda p: mean_loss(apply_fn, loss_fn, p, x, y), has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -231,10 +235,14 @@ def run(chunk_fn, state: LoopState, sched, arrays: Arrays, *, loss_bound: float,
         yield state, rows
 
 
-def run_status(frozen: bool, final_train_acc: float, num_classes: int) -> str:
-    """diverged (non-finite or exploding loss), failed (final train accuracy < 1.5 × chance), else converged."""
+def run_status(frozen: bool, final_train_acc: float, chance_acc: float) -> str:
+    """diverged (non-finite or exploding loss), failed (final train accuracy < 1.5 × chance), else converged.
+
+    `chance_acc`: the accuracy of the best input-blind guess — 1/K for K balanced classes, the most frequent
+    token's share for a language model (where 1/vocabulary would call almost any run converged).
+    """
     if frozen:
         return "diverged"
-    if not np.isfinite(final_train_acc) or final_train_acc < 1.5 / num_classes:
+    if not np.isfinite(final_train_acc) or final_train_acc < 1.5 * chance_acc:
         return "failed"
     return "converged"

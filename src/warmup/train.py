@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from warmup import catapult, curvature, data, loop, losses, models, optim, records, schedules
+from warmup import catapult, curvature, data, loop, losses, models, optim, records, schedules, text
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 # launcher=parallel: each of n JAX processes may take this fraction of the GPU's memory
@@ -56,6 +56,8 @@ def validate(cfg: DictConfig) -> None:
     _require(s.init in SCHEDULE_INITS, f"schedule.init={s.init}: unknown; allowed: {', '.join(SCHEDULE_INITS)}")
     _require(s.search_delta > 0 and s.search_lr_start > 0 and s.search_max_forward_passes >= 2,
              "schedule.search_delta / search_lr_start: must be > 0, schedule.search_max_forward_passes: >= 2")
+    _require(isinstance(s.search_check_steps, int) and s.search_check_steps >= 0,
+             f"schedule.search_check_steps={s.search_check_steps}: must be an integer >= 0 (0 = no check)")
     t = cfg.train
     _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
     _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
@@ -68,15 +70,24 @@ def validate(cfg: DictConfig) -> None:
     _require(t.skip_above in (None, "diverged", "failed"),
              f"train.skip_above={t.skip_above}: unknown; allowed: null, diverged, failed")
     d = cfg.data
-    _require(d.num_examples is None or (isinstance(d.num_examples, int) and d.num_examples >= 1),
-             f"data.num_examples={d.num_examples}: must be an integer >= 1 or null (all)")
     _require(d.batch_size is None or (isinstance(d.batch_size, int) and d.batch_size >= 1),
              f"data.batch_size={d.batch_size}: must be an integer >= 1 or null (full batch)")
-    if d.batch_size is not None and d.num_examples is not None:
-        _require(d.batch_size <= d.num_examples,
-                 f"data.batch_size={d.batch_size}: must be <= data.num_examples={d.num_examples} (or null = full batch)")
-    _require(d.augment.crop >= 0, f"data.augment.crop={d.augment.crop}: must be >= 0 pixels")
     _require(d.measure_examples >= 1, f"data.measure_examples={d.measure_examples}: must be >= 1")
+    if d.name in text.CORPORA:
+        _require(cfg.model.name == "transformer",
+                 f"data={d.name}: a text corpus needs model=transformer (got model={cfg.model.name})")
+        _require(isinstance(d.context, int) and d.context >= 1, f"data.context={d.context}: must be an integer >= 1")
+        _require(isinstance(d.vocab_size, int) and 2 <= d.vocab_size <= 1 << 16,
+                 f"data.vocab_size={d.vocab_size}: must be an integer in [2, 65536]")
+    else:
+        _require(cfg.model.name != "transformer",
+                 f"model=transformer: needs a text corpus, data={'|'.join(text.CORPORA)} (got data={d.name})")
+        _require(d.num_examples is None or (isinstance(d.num_examples, int) and d.num_examples >= 1),
+                 f"data.num_examples={d.num_examples}: must be an integer >= 1 or null (all)")
+        if d.batch_size is not None and d.num_examples is not None:
+            _require(d.batch_size <= d.num_examples, f"data.batch_size={d.batch_size}: must be <= "
+                     f"data.num_examples={d.num_examples} (or null = full batch)")
+        _require(d.augment.crop >= 0, f"data.augment.crop={d.augment.crop}: must be >= 0 pixels")
     h = cfg.sharpness
     _require(h.method in curvature.METHODS,
              f"sharpness.method={h.method}: unknown; allowed: {', '.join(curvature.METHODS)}")
@@ -86,8 +97,9 @@ def validate(cfg: DictConfig) -> None:
 
 class Built(NamedTuple):
     """Plain objects built from a config: everything `execute` needs to train."""
-    dataset: data.Dataset
     arrays: loop.Arrays
+    train_eval: tuple[np.ndarray, np.ndarray]  # the training set as evaluation examples (x, y), on the host
+    chance_acc: float  # accuracy of the best input-blind guess (`loop.run_status`)
     model: Any
     params: Any
     tx: Any
@@ -97,8 +109,15 @@ class Built(NamedTuple):
     key: jax.Array
 
 
-def build(cfg: DictConfig) -> Built:
-    """Data on the device, the model and its initial parameters, the optimiser, the loop's static choices."""
+class _Data(NamedTuple):
+    arrays: loop.Arrays
+    train_eval: tuple[np.ndarray, np.ndarray]
+    num_classes: int
+    chance_acc: float
+
+
+def _image_data(cfg: DictConfig) -> _Data:
+    """The seeded training subset, its measurement batch and the padded test set, one-hot targets."""
     d = cfg.data
     dataset = data.load(d.name, d.root)
     x_train, y_train = data.subset(dataset.x_train, dataset.y_train, d.num_examples, cfg.seed)
@@ -111,23 +130,51 @@ def build(cfg: DictConfig) -> Built:
         x_train[:d.measure_examples], y_train[:d.measure_examples])
     x_test, y_test, w_test = loop.pad_for_eval(dataset.x_test, data.one_hot(dataset.y_test, k), cfg.train.eval_batch)
     arrays = loop.Arrays(*(jnp.asarray(a) for a in (x_train, y_train, x_measure, y_measure, x_test, y_test, w_test)))
+    return _Data(arrays, (x_train, y_train), k, 1 / k)
 
+
+def _text_data(cfg: DictConfig) -> _Data:
+    """A language model's data: the training stream (minibatches are random windows drawn on the device) or, for
+    full batch, all its non-overlapping windows; `measure_examples` fixed random windows for λᴴ (the full batch
+    when full batch); the test split in non-overlapping windows. Integer next-token targets."""
+    d = cfg.data
+    streams = text.load(d.name, d.root, d.vocab_size)
+    train_windows = text.windows(streams.train, d.context)
+    if d.batch_size is None:
+        x_train, y_train = x_measure, y_measure = train_windows
+    else:
+        x_train, y_train = streams.train[:-1], streams.train[1:]
+        x_measure, y_measure = text.sample_windows(streams.train, d.context, d.measure_examples, cfg.seed)
+    x_test, y_test, w_test = loop.pad_for_eval(*text.windows(streams.test, d.context), cfg.train.eval_batch)
+    arrays = loop.Arrays(*(jnp.asarray(a) for a in (x_train, y_train, x_measure, y_measure, x_test, y_test, w_test)))
+    return _Data(arrays, train_windows, streams.vocab_size, text.most_frequent_share(streams.train, streams.vocab_size))
+
+
+def build(cfg: DictConfig) -> Built:
+    """Data on the device, the model and its initial parameters, the optimiser, the loop's static choices."""
+    d = cfg.data
+    language = d.name in text.CORPORA
+    arrays, train_eval, k, chance_acc = _text_data(cfg) if language else _image_data(cfg)
+    options = {key: value for key, value in cfg.model.items() if key not in ("name", "width", "depth")}
     model = models.build_model(cfg.model.name, param=cfg.param.name, num_classes=k,
-                               width=cfg.model.width, depth=cfg.model.depth)
+                               width=cfg.model.width, depth=cfg.model.depth, **options)
     init_key, loop_key = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = jax.jit(model.init)(init_key, arrays.x_train[:1])["params"]
+    params = jax.jit(model.init)(init_key, arrays.x_measure[:1])["params"]
     o = cfg.optimizer
     full_mup = o.name != "sgd" and cfg.param.name == "mup" and cfg.param.full_mup  # per-layer rates: Adam only
     multipliers = models.adam_lr_multipliers(params, "mup", full_mup=True) if full_mup else None
     hyper = dict(momentum=o.momentum) if o.name == "sgd" else dict(b1=o.b1, b2=o.b2, eps=o.eps)
     tx = optim.build_optimizer(o.name, seed=cfg.seed, lr_multipliers=multipliers, **hyper)
-    h, a = cfg.sharpness, d.augment
+    h = cfg.sharpness
+    batching = dict(context=d.context) if language else dict(
+        flip=d.augment.flip, crop=d.augment.crop, mixup_alpha=d.augment.mixup_alpha)
     loop_cfg = loop.LoopConfig(
-        optimizer=o.name, **hyper, batch_size=d.batch_size, flip=a.flip, crop=a.crop, mixup_alpha=a.mixup_alpha,
+        optimizer=o.name, **hyper, batch_size=d.batch_size, **batching,
         sharpness_every=h.every, sharpness_method=h.method, sharpness_max_iters=h.max_iters, sharpness_tol=h.tol,
         eval_every=cfg.train.eval_every, eval_batch=cfg.train.eval_batch,
         chunk_steps=min(cfg.train.chunk_steps, cfg.train.steps), scan_unroll=cfg.train.scan_unroll)
-    return Built(dataset, arrays, model, params, tx, losses.get(cfg.loss.name), multipliers, loop_cfg, loop_key)
+    return Built(arrays, train_eval, chance_acc, model, params, tx, losses.get(cfg.loss.name), multipliers, loop_cfg,
+                 loop_key)
 
 
 def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curvature.EigResult:
@@ -146,6 +193,39 @@ def search_catapult(b: Built, lr_trgt: float, delta: float, lr_start: float, max
     direction = catapult.first_direction(b.tx, jax.grad(measure_loss)(b.params), b.params)
     return catapult.search_eta_c(measure_loss, b.params, direction, lr_start=min(lr_start, lr_trgt), lr_max=lr_trgt,
                                  delta=delta, max_forward_passes=max_forward_passes)
+
+
+class CatapultCheck(NamedTuple):
+    outcome: str  # "recovered" (a catapult), "diverged" (no catapult), or "undecided" within the steps
+    steps: int  # updates taken
+    losses: list[float]  # L(θ_t)/L(θ₀) on the measurement batch, t = 0 … steps
+
+
+def check_catapult(b: Built, eta_c: float, max_steps: int, divergence_factor: float) -> CatapultCheck:
+    """Train from θ₀ at constant η_c on the measurement batch (the optimiser's real updates) until the loss returns
+    below L(θ₀) — the loss rise of the search was a catapult — or diverges (non-finite, or above divergence_factor ×
+    L(θ₀)): then the rise was the onset of divergence and there is no catapult to start the warmup from. SGD on a
+    Transformer is such a case (the paper sees no catapults there): LM-4-128 on the pydoc corpus first raises its
+    one-step loss near 58/λ₀ᴴ, and GD at that η multiplies the loss by 10⁴ within 4 steps."""
+    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(measure_loss)(params)
+        updates, opt_state = b.tx.update(grads, opt_state, params)
+        return jax.tree.map(lambda p, u: p - eta_c * u, params, updates), opt_state, loss
+
+    params, opt_state = b.params, b.tx.init(b.params)
+    losses = []
+    for t in range(max_steps + 1):
+        params, opt_state, loss = step(params, opt_state)  # `loss` is L(θ_t), before this update
+        losses.append(float(loss))
+        ratio = losses[-1] / losses[0]
+        if not math.isfinite(ratio) or ratio > divergence_factor:
+            return CatapultCheck("diverged", t, [x / losses[0] for x in losses])
+        if t > 0 and ratio < 1:
+            return CatapultCheck("recovered", t, [x / losses[0] for x in losses])
+    return CatapultCheck("undecided", max_steps, [x / losses[0] for x in losses])
 
 
 def _nan_to_none(x) -> float | None:
@@ -253,8 +333,18 @@ def plan_schedule(cfg: DictConfig, b: Built, lambda0: float) -> tuple[float, sch
         return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
                                                   exponent=s.exponent, **decay), {}
     found = search_catapult(b, lr_trgt, s.search_delta, s.search_lr_start, s.search_max_forward_passes)
-    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes,
-                  t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
+    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes)
+    if found.found and s.search_check_steps > 0:
+        check = check_catapult(b, found.eta_c, s.search_check_steps, cfg.train.divergence_factor)
+        search.update(catapult_check=check.outcome, catapult_check_steps=check.steps,
+                      catapult_check_losses=check.losses)
+        if check.outcome == "diverged":  # no catapult: report it, and warm up linearly from lr_init instead
+            print(f"schedule.init=catapult: no catapult — one step at η = {found.eta_c:.4g} raises the loss, but "
+                  f"training at that η diverges within {check.steps} steps; warming up from schedule.lr_init instead")
+            search.update(eta_c=None, eta_c_found=False, no_catapult_lr=found.eta_c, t_reach=None, t_save=None)
+            return lr_trgt, schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps,
+                                                      lr_init=s.lr_init, exponent=s.exponent, **decay), search
+    search.update(t_reach=float(catapult.t_reach(found.eta_c, lr_trgt, s.warmup_steps)),
                   t_save=float(catapult.t_save(found.eta_c, lr_trgt, s.warmup_steps, found.forward_passes)))
     return lr_trgt, catapult.catapult_schedule(found.eta_c, lr_trgt, s.warmup_steps, **decay), search
 
@@ -321,16 +411,15 @@ def finish_record(cfg: DictConfig, run_dir: pathlib.Path, summary: dict, metrics
         final_train_loss, final_train_acc = metrics.train_loss.iloc[-1], metrics.train_acc.iloc[-1]
         final_test_loss = final_test_acc = float("nan")
     else:
-        x_train_eval = loop.pad_for_eval(np.asarray(b.arrays.x_train), np.asarray(b.arrays.y_train),
-                                         cfg.train.eval_batch)
-        final_train_loss, final_train_acc = map(float, evaluate(params, *x_train_eval))
+        final_train_loss, final_train_acc = map(float, evaluate(params, *loop.pad_for_eval(*b.train_eval,
+                                                                                           cfg.train.eval_batch)))
         final_test_loss, final_test_acc = map(float, evaluate(params, b.arrays.x_test, b.arrays.y_test,
                                                               b.arrays.w_test))
         final_row = dict(step=cfg.train.steps, train_loss=final_train_loss, train_acc=final_train_acc,
                          test_loss=final_test_loss, test_acc=final_test_acc)
         metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
         records.write_metrics(run_dir, metrics)
-    status = loop.run_status(frozen, float(final_train_acc), b.dataset.num_classes)
+    status = loop.run_status(frozen, float(final_train_acc), b.chance_acc)
     summary = {**summary,
                "status": status, "steps_completed": steps_completed,
                "diverged_step": diverged_step if frozen else None,
@@ -338,6 +427,8 @@ def finish_record(cfg: DictConfig, run_dir: pathlib.Path, summary: dict, metrics
                "final_test_loss": _nan_to_none(final_test_loss), "final_test_acc": _nan_to_none(final_test_acc),
                "best_test_acc": _nan_to_none(metrics.test_acc.max()) if metrics.test_acc.notna().any() else None,
                "wall_time_s": time.perf_counter() - start}
+    if b.loop_cfg.context is not None and cfg.loss.name == "xent":  # a language model's test perplexity
+        summary["final_test_perplexity"] = _nan_to_none(math.exp(min(final_test_loss, 700.0)))
     records.write_summary(run_dir, summary)
     print(f"{run_dir}: {status} after {steps_completed} steps, λ₀ᴴ = {summary['lambda0']:.4g}, "
           f"η_trgt = {summary['lr_trgt']:.4g}, final train loss {final_train_loss:.4g}, test acc {final_test_acc:.4f}")

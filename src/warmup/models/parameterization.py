@@ -2,8 +2,8 @@
 
 Every weight layer is a `Dense` or `Conv` from this module; both compute `multiplier · (x ⊛ W) + b`,
 with the kernel initialiser and the forward multiplier set by the parameterisation and the layer's kind.
-A layer's kind comes from its module name alone: "input" or "stem" is the input layer, "readout" the
-readout, any other name a hidden layer; LayerNorm parameters are kind "norm". `layer_kinds` and
+A layer's kind comes from its module name alone: "input", "stem" or "embed" is the input layer, "readout"
+the readout, any other name a hidden layer; LayerNorm parameters are kind "norm". `layer_kinds` and
 `adam_lr_multipliers` read the same names back from a parameter tree.
 
     kind     σ_w²   SP: Var(W), multiplier    μP: Var(W), multiplier
@@ -12,6 +12,9 @@ readout, any other name a hidden layer; LayerNorm parameters are kind "norm". `l
     readout  1      σ_w²/fan_in,  1           σ_w²/fan_in,  1/√fan_in
 
 Kernels are (*window, C_in, C_out), so fan_in = k²·C_in and fan_out = k²·C_out for a k×k convolution.
+A token embedding (`Embed`, a language model's input layer) is the input layer applied to one-hot tokens: its
+kernel is (vocabulary, n), but a one-hot input has a single non-zero entry, so its forward pass and initialisation
+use fan_in = 1, and σ_w² = 1 (no ReLU follows): SP W ~ N(0, 1); μP W ~ N(0, 1/n) with multiplier √n.
 Kernels are truncated normal (at ±2 std) with exactly the variance above; biases start at zero and are
 added after the multiplier.
 """
@@ -25,7 +28,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 PARAMETERIZATIONS = ("sp", "mup")
-INPUT_NAMES = ("input", "stem")
+_TRUNCATED_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+INPUT_NAMES = ("input", "stem", "embed")
 READOUT_NAME = "readout"
 
 
@@ -93,6 +97,25 @@ class _Scaled(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
         multiplier = forward_multiplier(self.parameterization, kind, *fans(shape))
         return multiplier * self.project(x, kernel) + bias
+
+
+class Embed(nn.Module):
+    """Token embedding: the input layer on one-hot tokens, computed as a row lookup (module docstring)."""
+
+    num_embeddings: int
+    features: int
+    parameterization: str
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        check_parameterization(self.parameterization)
+        fan_out = self.features
+        variance = 1.0 / fan_out if self.parameterization == "mup" else 1.0
+        # jax's truncated_normal takes the std before truncation at ±2; this factor makes the variance exact.
+        init = jax.nn.initializers.truncated_normal(math.sqrt(variance) / _TRUNCATED_STD)
+        kernel = self.param("kernel", init, (self.num_embeddings, fan_out), self.param_dtype)
+        return forward_multiplier(self.parameterization, "input", 1, fan_out) * jnp.take(kernel, tokens, axis=0)
 
 
 class Dense(_Scaled):
