@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from warmup import loop, records, train
 
-# Config keys a batch may vary: all of them reach the program as traced arrays.
+# Config keys a batch may vary: they reach the program as traced arrays or only plan it on the host (η_c search).
 TRACED_KEYS = (
     "schedule.lr_trgt", "schedule.lr_trgt_scale", "schedule.warmup_steps", "schedule.lr_init",
     "schedule.exponent", "schedule.decay", "schedule.decay_power", "schedule.lr_min_ratio",
     "schedule.init", "schedule.search_delta", "schedule.search_lr_start", "schedule.search_max_forward_passes",
-    "train.divergence_factor", "seed",
+    "schedule.search_check_steps", "train.divergence_factor", "seed",
 )
 IGNORED_KEYS = ("train.progress",)  # no effect on the result
 AXIS = "cells"  # the vmapped axis's name, for loops whose conds reduce over it
