@@ -29,7 +29,7 @@ def kind(name):
 
 CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu") and kind(name) == "trajectory"]
 PHASE_CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu") and kind(name) == "phase"]
-FAST = {"fig1_cpu", "fig2_cpu", "fig9_cpu"}  # one of each panel family (GD, Adam, momentum); the rest are slow
+FAST = {"fig1_cpu", "fig2_cpu"}  # the GD and Adam panel families; the rest (momentum, …) are slow
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CPU_EXPERIMENTS])
@@ -59,7 +59,7 @@ def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, tmp_pa
         assert len(ax.lines) >= curves * (1 + len(panel.thresholds)), (panel.column, len(ax.lines))
 
 
-@pytest.mark.parametrize("name", [n if n in ("fig3_cpu", "fig4_cpu") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "fig4_cpu" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in PHASE_CPU_EXPERIMENTS])
 def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, text_root, tmp_path):
     cfg = compose_config([f"+exp={name}"], with_hydra=True)

@@ -147,6 +147,7 @@ def test_language_model_run_records_loss_sharpness_and_perplexity(run_lm):
     assert metrics.sharpness[0] == pytest.approx(summary["lambda0"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_language_model_full_batch_gd(run_lm, text_root):
     run_dir, summary = run_lm("data.batch_size=null", "schedule.lr_trgt_scale=1",
                            "sharpness.every=5", "train.steps=10")
