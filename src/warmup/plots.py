@@ -188,8 +188,9 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     col_values = sorted(cells[cols_by].unique(), key=str) if cols_by else [None]
     finite = cells.value[np.isfinite(cells.value.astype(float))]
     vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0, 1)
-    cmap = plt.get_cmap("viridis_r" if any(w in value for w in LOWER_IS_BETTER) else "viridis").with_extremes(
-        bad="white")
+    reverse = any(w in value for w in LOWER_IS_BETTER)
+    cmap = plt.get_cmap("viridis_r" if reverse else "viridis").with_extremes(bad="white")
+    dark = lambda v: ((v - vmin) / ((vmax - vmin) or 1) < 0.5) != reverse  # the cell's colour is in viridis' dark half
     fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False, constrained_layout=True,
                              figsize=(0.55 * len(xs) * len(col_values) + 1.8, 0.45 * len(ys) * len(row_values) + 1.4))
     for i, row in enumerate(row_values):
@@ -213,7 +214,7 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
                 v = grid[a, b]
                 if s != "failed" and np.isfinite(v) and len(xs) <= 16:  # the number itself, small
                     ax.text(b, a, f"{100 * v:.0f}" if "acc" in value else f"{v:.2g}", ha="center", va="center",
-                            fontsize=6, color="white" if (v - vmin) < 0.5 * (vmax - vmin) else "black")
+                            fontsize=6, color="white" if dark(v) else "black")
                 elif mark:
                     ax.text(b, a, mark, ha="center", va="center", fontsize=8, color="black" if s else "grey")
             for flags, style in ((status == "diverged", dict(color="red", lw=2)),
