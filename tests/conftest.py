@@ -90,14 +90,19 @@ def compose_config(overrides, with_hydra: bool = False):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
-@pytest.fixture
-def run(data_root, tmp_path):
-    """Train a tiny run on the synthetic data into a fresh directory; returns (run_dir, summary)."""
+def runner(base, tmp_path):
+    """`run(*overrides) -> (run_dir, summary)`: train `base + overrides` into a fresh directory below `tmp_path`."""
     counter = iter(range(1000))
 
     def run_(*overrides):
-        cfg = compose_config([*TINY, f"data.root={data_root}", *overrides])
+        cfg = compose_config([*base, *overrides])
         run_dir = tmp_path / f"run{next(counter)}"
         return run_dir, train.execute(cfg, run_dir)
 
     return run_
+
+
+@pytest.fixture
+def run(data_root, tmp_path):
+    """Train a tiny run on the synthetic data into a fresh directory; returns (run_dir, summary)."""
+    return runner([*TINY, f"data.root={data_root}"], tmp_path)

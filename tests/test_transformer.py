@@ -8,7 +8,7 @@ import pytest
 from warmup import losses, records, text, train
 from warmup.models import Embed, adam_lr_multipliers, build_model, layer_kinds
 from warmup.models.transformer import NORMS, sinusoidal_positions
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, runner
 from test_train import cli
 
 TOKENS = jax.random.randint(jax.random.key(0), (2, 12), 0, 50)
@@ -123,14 +123,7 @@ LM_TINY = [o for o in TINY if not o.startswith("data.num_examples")] + [
 @pytest.fixture
 def run_lm(text_root, tmp_path):
     """Train a tiny LM on the fixture's WikiText-layout corpus; returns (run_dir, summary)."""
-    counter = iter(range(1000))
-
-    def run_(*overrides):
-        cfg = compose_config([*LM_TINY, f"data.root={text_root}", *overrides])
-        run_dir = tmp_path / f"run{next(counter)}"
-        return run_dir, train.execute(cfg, run_dir)
-
-    return run_
+    return runner([*LM_TINY, f"data.root={text_root}"], tmp_path)
 
 
 def test_language_model_run_records_loss_sharpness_and_perplexity(run_lm):
