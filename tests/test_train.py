@@ -64,7 +64,7 @@ def test_adam_family_tracks_preconditioned_sharpness(run, optimizer):
     assert (measured.pre_sharpness > measured.sharpness).all()
 
 
-@pytest.mark.parametrize("model", ["cnn", "wrn"])
+@pytest.mark.parametrize("model", ["cnn", pytest.param("wrn", marks=pytest.mark.slow)])  # WRN: ~25 s on CPU
 def test_conv_models_train_minibatch_with_augmentation(run, model):
     depth = {"cnn": 4, "wrn": 10}[model]
     run_dir, summary = run(f"model={model}", "model.width=1" if model == "wrn" else "model.width=8",
