@@ -288,14 +288,13 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
                          start=start)
 
 
-_LR_KEYS = ("lr_trgt", "lr_trgt_scale")
-_NOT_A_CELL = ("data.root", "train.progress")
+_NOT_A_CELL = ("data.root", "train.progress", "schedule.lr_trgt", "schedule.lr_trgt_scale")
 
 
 def _cell_key(config: dict) -> dict:
     """A run's resolved config flattened, without η_trgt and what does not define the cell."""
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
-    return {k: repr(v) for k, v in flat.items() if k not in _NOT_A_CELL and k[len("schedule."):] not in _LR_KEYS}
+    return {k: repr(v) for k, v in flat.items() if k not in _NOT_A_CELL}
 
 
 def smaller_lr_that_stopped(cfg: DictConfig, run_dir: pathlib.Path) -> pathlib.Path | None:
