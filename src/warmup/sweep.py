@@ -198,16 +198,8 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     planned = [train.plan_schedule(cfg, cell.built, cell.lambda0) for cfg, cell in zip(cfgs, cells)]  # every check before any record is written
     summaries = []
     for cfg, cell, run_dir, (lr_trgt, _, search) in zip(cfgs, cells, run_dirs, planned):
-        s, b = cfg.schedule, cell.built
-        summary = dict(status="running", lambda0=cell.lambda0, lr_trgt=lr_trgt, lr_trgt_scale=s.lr_trgt_scale,
-                       warmup_steps=s.warmup_steps, steps_completed=0, diverged_step=None,
-                       num_params=int(sum(p.size for p in jax.tree.leaves(b.params))),
-                       measure_examples=int(b.arrays.x_measure.shape[0]), **search, batched_cells=n)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.csv").unlink(missing_ok=True)  # a half-finished earlier attempt is redone from scratch
-        records.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        records.write_summary(run_dir, summary)
-        summaries.append(summary)
+        # a half-finished earlier attempt is redone from scratch (start_record removes its metrics.csv)
+        summaries.append(train.start_record(cfg, run_dir, cell.built, cell.lambda0, lr_trgt, search, batched_cells=n))
 
     # Arrays: a field shared by every seed is passed once (in_axes None), one that differs is stacked per cell.
     fields = loop.Arrays._fields
