@@ -177,9 +177,15 @@ def build(cfg: DictConfig) -> Built:
                  loop_key)
 
 
+def measurement_loss(b: Built):
+    """`params -> L(params)` on the measurement batch (the training set for full-batch runs): where λᴴ is measured
+    and catapults are judged."""
+    return lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+
+
 def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curvature.EigResult:
     """λ₀ᴴ: a tight solve on the measurement batch at initialisation (it sets η_trgt = c/λ₀ᴴ)."""
-    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    measure_loss = measurement_loss(b)
     flat, _ = ravel_pytree(b.params)
     v0 = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
     solve = jax.jit(lambda p, v: curvature.sharpness(measure_loss, p, v, method=method, max_iters=max_iters, tol=tol))
@@ -189,7 +195,7 @@ def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curv
 def search_catapult(b: Built, lr_trgt: float, delta: float, lr_start: float, max_forward_passes: int):
     """η_c (paper Alg. 1–2) from the optimiser's real first step at θ₀, probed on the measurement batch (the
     training set for full-batch runs); η is capped at η_trgt, so `found=False` means η_trgt ≤ η_c."""
-    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    measure_loss = measurement_loss(b)
     direction = catapult.first_direction(b.tx, jax.grad(measure_loss)(b.params), b.params)
     return catapult.search_eta_c(measure_loss, b.params, direction, lr_start=min(lr_start, lr_trgt), lr_max=lr_trgt,
                                  delta=delta, max_forward_passes=max_forward_passes)
@@ -207,7 +213,7 @@ def check_catapult(b: Built, eta_c: float, max_steps: int, divergence_factor: fl
     L(θ₀)): then the rise was the onset of divergence and there is no catapult to start the warmup from. SGD on a
     Transformer is such a case (the paper sees no catapults there): LM-4-128 on the pydoc corpus first raises its
     one-step loss near 58/λ₀ᴴ, and GD at that η multiplies the loss by 10⁴ within 4 steps."""
-    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    measure_loss = measurement_loss(b)
 
     @jax.jit
     def step(params, opt_state):
@@ -361,7 +367,7 @@ def persistent_warmup(cfg: DictConfig, b: Built, state: loop.LoopState, lr_trgt:
     s, steps = cfg.schedule, cfg.train.steps
     one_step = loop.make_chunk_fn(dataclasses.replace(b.loop_cfg, chunk_steps=1), b.model.apply, b.loss_fn, b.tx,
                                   b.lr_multipliers)
-    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    measure_loss = measurement_loss(b)
     direction = jax.jit(lambda p, opt_state: b.tx.update(jax.grad(measure_loss)(p), opt_state, p)[0])
 
     def step_fn(state, lr):
