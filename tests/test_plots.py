@@ -113,3 +113,13 @@ def test_phase_diagram_marks_statuses_draws_boundaries_and_shares_the_colour_sca
     assert [t.get_text() for t in sp.texts].count("F") == 3
     red = next(line for line in sp.lines if line.get_color() == "red")
     assert list(red.get_xdata()) == [1.5, 1.5, 2.5, 2.5, 3.5, 3.5]  # left edges of the first diverged cells
+
+
+def test_phase_diagram_marks_planned_values_a_run_does_not_have():
+    """T_reach/T_wrm is shown for diverged cells (it is fixed before training); a cell whose η_c check rejected the
+    catapult has no T_reach at all and says n/a instead of looking like an ordinary diverged cell."""
+    table = pd.DataFrame([dict(warmup_steps=16, lr_trgt_scale=c, status=status, t_reach_fraction=value)
+                          for c, status, value in ((1, "converged", 0.0), (2, "diverged", 0.5), (4, "diverged", np.nan))])
+    ax = next(ax for ax in plots.phase_diagram(table, value="t_reach_fraction").axes if ax.images)
+    assert list(ax.images[0].get_array().mask[0]) == [False, False, True]
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "0.5", "n/a"]

@@ -172,7 +172,8 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
                   y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
     """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
     colour scale. Diverged cells are left empty (unless the value is `PLANNED` before training); failed cells are F, errors !, skipped cells – (train.skip_above),
-    cells without runs ·. The
+    cells without runs ·, and a `PLANNED` value a run does not have (no usable η_c: no catapult, or training at it
+    diverged) n/a. The
     divergence boundary (left edge of the first diverged cell in each T_wrm row) is drawn solid red, the failure
     boundary (first failed or diverged cell) dashed black. A list of values (e.g. T_reach and T_save fractions)
     gives one column of panels per value instead of `cols_by`."""
@@ -210,7 +211,7 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=vmin,
                               vmax=vmax)
             for (a, b), s in np.ndenumerate(status):
-                mark = {"failed": "F", "error": "!", "skipped": "–", "": "·"}.get(s)
+                mark = {"failed": "F", "error": "!", "skipped": "–", "": "·"}.get(s, "n/a" if planned else None)
                 v = grid[a, b]
                 if s != "failed" and np.isfinite(v) and len(xs) <= 16:  # the number itself, small
                     ax.text(b, a, f"{100 * v:.0f}" if "acc" in value else f"{v:.2g}", ha="center", va="center",
