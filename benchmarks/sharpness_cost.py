@@ -44,6 +44,13 @@ Why the step-time target is not met on CPU (measured, not assumed)
     eigenvalue at step 188); tol 3e-2 -> 5.3, 13 %; tol 0.1 -> 2.4, 17 %; a power-iteration warm start did not
     help. So <= 1 % deviation costs >= ~7 HVPs per measured step, i.e. a tracked step >= ~9x an untracked one
     when measured at every step; <= 3x holds only when λᴴ is measured every k >= ~8 steps (`sharpness.every`).
+    Cheaper products do not exist on CPU either: with the gradient linearised once (as the tracker does), each
+    further product costs 1.1-1.25x a gradient (linearize + 10 products = 11.4x a gradient on FCN-4-64 / 1000
+    examples, 13.5x on FCN-4-512 / 5000), so even a tracker that got the gradient for free would have to average
+    <= ~1.7 products per step. Trackers with one vmapped block application per step were tried on this trajectory
+    (subspace iteration with k = 2, 4, 8 vectors; top Ritz vectors plus their residuals, k = 2-8): median deviation
+    3-9 %, max >= 84 %, because λᴴ moves several % per step at the edge of stability; and a vmapped application
+    of k vectors costs about k single ones on CPU (k = 4: 4.6-7x a gradient), so blocking buys nothing here.
 
 How to run (CPU; about 4–5 minutes on 2 shared cores, `--quick` (100 steps) about 2 minutes):
     .venv/bin/python benchmarks/sharpness_cost.py [--quick] [--reps N] [--a-stride K] [--steps T] [--warmup-steps T_wrm] [--width W] [--examples N]
