@@ -123,3 +123,16 @@ def test_phase_diagram_marks_planned_values_a_run_does_not_have():
     ax = next(ax for ax in plots.phase_diagram(table, value="t_reach_fraction").axes if ax.images)
     assert list(ax.images[0].get_array().mask[0]) == [False, False, True]
     assert sorted(t.get_text() for t in ax.texts) == ["0", "0.5", "n/a"]
+
+
+def test_trajectory_legend_names_diverged_and_failed_runs_and_marks_divergence():
+    def run(t, status, loss):
+        metrics = pd.DataFrame(dict(step=np.arange(len(loss)), train_loss=loss))
+        return plots.Run(None, {"schedule": {"warmup_steps": t}, "param": {"name": "sp"}}, {"status": status}, metrics)
+    runs = [run(1, "diverged", [1.0, 10.0, 1e4]), run(64, "failed", [1.0, 2.3, 2.3]), run(256, "converged", [1.0, 0.5, 0.1])]
+    fig = plots.trajectory_figure(runs, [plots.PANELS["loss"]], rows_by="param.name", color_by="schedule.warmup_steps")
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.lines if not line.get_label().startswith("_")]
+    assert labels == [r"$T_{\rm wrm}$ = 1 (diverged)", r"$T_{\rm wrm}$ = 64 (failed)", r"$T_{\rm wrm}$ = 256"]
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_ydata()) == [1e4]

@@ -79,7 +79,7 @@ def _label(value) -> str:
 def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, color_by: str, title: str = "",
                       color_label: str = r"$T_{\rm wrm}$"):
     """Rows: one per value of `rows_by` (e.g. param.name); columns: panels; one colour per value of `color_by`,
-    the same colour in every panel and row. Thresholds dashed in the run's colour; diverged runs end with ×."""
+    the same colour in every panel and row. Thresholds dashed in the run's colour; diverged runs end with ×; the legend names diverged and failed runs."""
     row_values = sorted({lookup(r.config, rows_by) for r in runs}, key=str)
     color_values = sorted({lookup(r.config, color_by) for r in runs})
     colors = dict(zip(color_values, plt.cm.viridis(np.linspace(0, 0.9, len(color_values)))))
@@ -88,13 +88,14 @@ def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, col
     for i, row in enumerate(row_values):
         for run in sorted((r for r in runs if lookup(r.config, rows_by) == row), key=lambda r: lookup(r.config, color_by)):
             value = lookup(run.config, color_by)
+            status = run.summary.get("status")
             m = run.metrics
             for ax, panel in zip(axes[i], panels):
                 series = m[["step", panel.column]].dropna()
                 step = series.step + 1  # log-x axes start at the first update
                 ax.plot(step, series[panel.column], color=colors[value], lw=1.2,
-                        label=f"{color_label} = {value}" + (" (diverged)" if run.summary.get("status") == "diverged" else ""))
-                if run.summary.get("status") == "diverged" and len(series):
+                        label=f"{color_label} = {value}" + (f" ({status})" if status in ("diverged", "failed") else ""))
+                if status == "diverged" and len(series):
                     ax.plot(step.iloc[-1], series[panel.column].iloc[-1], "x", color=colors[value], ms=8)
                 for (column, scale), style in zip(panel.thresholds, ("--", ":")):
                     thr = m[["step", column]].dropna()
