@@ -30,3 +30,9 @@ def test_run_status_rules():
     assert loop.run_status(False, 0.149, 0.1) == "failed"  # below 1.5 × chance
     assert loop.run_status(False, float("nan"), 0.1) == "failed"
     assert loop.run_status(False, 0.151, 0.1) == "converged"
+
+
+def test_flat_config_dots_nested_keys_and_keeps_lists_and_empty_dicts_as_leaves():
+    config = {"model": {"name": "fcn", "widths": [4, 8]}, "seed": 0, "extra": {}, "a": {"b": {"c": None}}}
+    assert records.flat_config(config) == {"model.name": "fcn", "model.widths": [4, 8], "seed": 0, "extra": {},
+                                           "a.b.c": None}

@@ -16,6 +16,8 @@ import pathlib
 import pandas as pd
 from omegaconf import OmegaConf
 
+from warmup import records
+
 ALIASES = {
     "optimizer.name": "optimizer", "param.name": "param", "loss.name": "loss", "model.name": "model",
     "data.name": "data", "model.width": "width", "model.depth": "depth", "data.batch_size": "batch_size",
@@ -28,20 +30,10 @@ FIRST = ("run", "status", "optimizer", "param", "loss", "model", "width", "depth
          "c", "lambda0")
 
 
-def _flatten(node, prefix="") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = repr(value) if isinstance(value, (list, dict)) else value
-    return out
-
-
 def config_columns(config: dict) -> dict:
     """A resolved config as {column: scalar}: dotted keys, `ALIASES` applied, `DROPPED` and hydra.* removed."""
-    flat = _flatten(config)
-    return {ALIASES.get(k, k): v for k, v in flat.items() if k not in DROPPED and not k.startswith("hydra.")}
+    return {ALIASES.get(k, k): repr(v) if isinstance(v, (list, dict)) else v
+            for k, v in records.flat_config(config).items() if k not in DROPPED and not k.startswith("hydra.")}
 
 
 # What run records' summaries hold (train.execute, sweep.run_batched) plus `c`: never part of a cell's key.

@@ -31,6 +31,17 @@ def write_atomic(path, text: str) -> None:
         raise
 
 
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """A resolved config (plain nested dicts) as {dotted key: leaf}; lists and empty dicts are leaves."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def write_metrics(run_dir, metrics: pd.DataFrame) -> None:
     """The contract's columns first (NaN where absent), then any extra diagnostics."""
     columns = list(METRIC_COLUMNS) + [c for c in metrics.columns if c not in METRIC_COLUMNS]

@@ -21,7 +21,7 @@ uses when the loop offers it.
 """
 import pathlib
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,25 +43,11 @@ IGNORED_KEYS = ("train.progress",)  # no effect on the result
 AXIS = "cells"  # the vmapped axis's name, for loops whose conds reduce over it
 
 
-def _flat(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as {dotted key: leaf}."""
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
-
-
 def static_signature(cfg: DictConfig) -> tuple:
     """What must be equal for two cells to share one compiled program (everything but `TRACED_KEYS`)."""
     skip = set(TRACED_KEYS) | set(IGNORED_KEYS)
-    return tuple(sorted((k, repr(v)) for k, v in _flat(cfg).items() if k not in skip))
+    flat = records.flat_config(OmegaConf.to_container(cfg, resolve=True))
+    return tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in skip))
 
 
 def check_batchable(cfgs: Sequence[DictConfig]) -> None:

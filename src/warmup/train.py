@@ -299,8 +299,7 @@ _NOT_A_CELL = ("data.root", "train.progress", "schedule.lr_trgt", "schedule.lr_t
 
 def _cell_key(config: dict) -> dict:
     """A run's resolved config flattened, without η_trgt and what does not define the cell."""
-    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
-    return {k: repr(v) for k, v in flat.items() if k not in _NOT_A_CELL}
+    return {k: repr(v) for k, v in records.flat_config(config).items() if k not in _NOT_A_CELL}
 
 
 def smaller_lr_that_stopped(cfg: DictConfig, run_dir: pathlib.Path) -> pathlib.Path | None:
