@@ -151,6 +151,28 @@ def test_language_model_full_batch_gd(run_lm, text_root):
     assert metrics.train_loss.iloc[9] < metrics.train_loss.iloc[0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, lr", [
+    ("sgd", "schedule.lr_trgt_scale=1"), ("adam", "schedule.lr_trgt=1e-2"), ("gi_adam", "schedule.lr_trgt=1e-2"),
+    ("ri_adam", "schedule.lr_trgt=1e-2"), ("radam", "schedule.lr_trgt=1e-2")])
+def test_every_optimizer_trains_the_language_model_with_its_thresholds(run_lm, optimizer, lr):
+    extra = ["optimizer.momentum=0.9"] if optimizer == "sgd" else []
+    run_dir, summary = run_lm(f"optimizer={optimizer}", lr, *extra, "schedule.warmup_steps=4", "sharpness.every=4",
+                              "train.steps=8")
+    assert summary["status"] in ("converged", "failed") and summary["steps_completed"] == 8
+    metrics = records.read_metrics(run_dir)
+    assert np.isfinite(metrics.train_loss).all()
+    measured = metrics[metrics.sharpness.notna()]
+    assert list(measured.step) == [0, 4]
+    np.testing.assert_allclose(measured.sharpness.iloc[0], summary["lambda0"], rtol=1e-2)
+    if optimizer == "sgd":  # (2+2β)/η_t; no preconditioner
+        np.testing.assert_allclose(measured.sharpness_threshold, 3.8 / measured.lr, rtol=1e-5)
+        assert metrics.pre_sharpness.isna().all()
+    else:  # Adam family: (2+2β₁)/((1−β₁)η_t) on λ^{P⁻¹H}
+        np.testing.assert_allclose(measured.pre_sharpness_threshold, 38 / measured.lr, rtol=1e-5)
+        assert (measured.pre_sharpness > 0).all() and np.isfinite(measured.pre_sharpness).all()
+
+
 def test_sgd_catapult_search_reports_no_catapult_on_a_transformer(run_lm):
     run_dir, summary = run_lm("schedule.init=catapult", "schedule.lr_trgt_scale=1000", "schedule.warmup_steps=16",
                               "train.steps=8", "train.eval_every=0")
