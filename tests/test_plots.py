@@ -4,6 +4,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from warmup import plots, train
 from conftest import CLI_ENV, compose_config
@@ -33,18 +34,24 @@ FAST = {"fig1_cpu", "fig2_cpu"}  # the GD and Adam panel families; the rest (mom
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CPU_EXPERIMENTS])
-def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, tmp_path):
+def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, text_root, tmp_path):
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
-    minibatch = ["data.batch_size=16", "data.measure_examples=32"] if cfg.data.batch_size else []
+    if cfg.model.name == "transformer":  # the Transformer figures: a tiny LM on the fixture's WikiText layout
+        data = ["data=wikitext2", f"data.root={text_root}", "data.vocab_size=64", "data.context=8", "model.heads=2",
+                "data.batch_size=8", "data.measure_examples=8"]
+    else:
+        minibatch = ["data.batch_size=16", "data.measure_examples=32"] if cfg.data.batch_size else []
+        data = [f"data.root={data_root}", "data.num_examples=64", *minibatch]
     by_warmup = cfg.exp.color_by == "schedule.warmup_steps"  # else the experiment's own sweep (fig7's variants)
     sweep = tmp_path / "sweep"
-    args = [f"+exp={name}", f"data.root={data_root}", "model.width=8", "model.depth=3", "data.num_examples=64",
-            "train.steps=12", "train.chunk_steps=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}",
-            *(["schedule.warmup_steps=1,4"] if by_warmup else []), *minibatch]
+    args = [f"+exp={name}", *data, "model.width=8", "model.depth=3", "train.steps=12", "train.chunk_steps=6",
+            "train.eval_batch=100", f"hydra.sweep.dir={sweep}", *(["schedule.warmup_steps=1,4"] if by_warmup else [])]
     result = subprocess.run([sys.executable, "-m", "warmup.train", *args], cwd=tmp_path, capture_output=True,
                             text=True, env=CLI_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    params = sorted(str(cfg.hydra.sweeper.params.get("param", cfg.param.name)).split(","))
+    rows_by = cfg.exp.rows_by  # param.name, or model.norm for the Transformer figures
+    params = sorted(str(cfg.hydra.sweeper.params.get(rows_by.removesuffix(".name"), OmegaConf.select(cfg, rows_by)))
+                    .split(","))
     expected = ([f"{p}_T{t}" for p in params for t in (1, 4)] if by_warmup
                 else sorted(str(cfg.hydra.sweeper.params[cfg.exp.color_by]).split(",")))
     curves = 2 if by_warmup else len(expected)

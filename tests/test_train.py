@@ -111,6 +111,22 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
+@pytest.mark.parametrize("args, words", [
+    (["schedule.lr_trgt=0.1", "optimizer=adam,adamw"], ["optimizer=adamw", "sgd", "gi_adam"]),
+    (["schedule.lr_trgt=0.1,0.2", "schedule.nonsense=1"], ["schedule.nonsense"]),
+    (["--multirun", "schedule.lr_trgt=0.1", "model.width=range(2,4)", "data=pydoc", "data.num_examples=64"],
+     ["data.num_examples"]),
+])
+def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_path):
+    result = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_catapult_initialised_schedule_records_eta_c(run):
     run_dir, summary = run("schedule.lr_trgt_scale=8", "schedule.warmup_steps=16", "schedule.init=catapult")
     eta_c, lr_trgt = summary["eta_c"], summary["lr_trgt"]
