@@ -127,6 +127,13 @@ def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_
     assert not (tmp_path / "sweep").exists()
 
 
+def test_precheck_passes_valid_sweeps_and_leaves_glob_and_interval_to_hydra():
+    train.precheck(["optimizer=adam,sgd", "schedule.lr_trgt=0.1,0.2", "model.width=range(8,32,8)"])
+    train.precheck(["optimizer=glob(*adam)", "schedule.lr_trgt=interval(0.01,0.1)"])
+    with pytest.raises(SystemExit):
+        train.precheck(["optimizer=choice(adam,adamw)", "schedule.lr_trgt=0.1"])
+
+
 def test_catapult_initialised_schedule_records_eta_c(run):
     run_dir, summary = run("schedule.lr_trgt_scale=8", "schedule.warmup_steps=16", "schedule.init=catapult")
     eta_c, lr_trgt = summary["eta_c"], summary["lr_trgt"]

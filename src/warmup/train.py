@@ -471,10 +471,10 @@ def _group_options(group: str) -> list[str]:
 def precheck(overrides: list[str]) -> None:
     """Compose the config once before Hydra does, so an unknown option or key is one line, not a traceback.
     A sweep (`k=a,b`, `k=range(…)`, `k=choice(…)`) has each of its values checked against a config group's options
-    and is composed with its first value; other sweeps (`interval(…)`) are left to Hydra."""
+    and is composed with its first value; other sweeps (`interval(…)`, `glob(…)`) are left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
+    from hydra.core.override_parser.types import Glob, OverrideType
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -484,16 +484,16 @@ def precheck(overrides: list[str]) -> None:
         plain = []
         for override in parsed:
             key = override.get_key_element()
-            if override.is_sweep_override() and not override.is_discrete_sweep():
+            sweep = override.is_sweep_override()
+            if sweep and (not override.is_discrete_sweep() or isinstance(override.value(), Glob)):
                 continue
-            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
-                      else [override.input_line.partition("=")[2]])
+            values = list(override.sweep_string_iterator()) if sweep else [override.input_line.partition("=")[2]]
             group = key.lstrip("+~")
             checked = (CONFIG_DIR / group).is_dir() and override.type != OverrideType.DEL
             for value in values if checked else []:
                 if value not in _group_options(group):
                     fail(f"{group}={value}: unknown option; allowed: {', '.join(_group_options(group))}")
-            plain.append(f"{key}={values[0]}" if override.is_sweep_override() else override.input_line)
+            plain.append(f"{key}={values[0]}" if sweep else override.input_line)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose(config_name="train", overrides=plain)
     except (HydraException, OmegaConfBaseException) as err:
