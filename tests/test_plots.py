@@ -30,15 +30,22 @@ def kind(name):
 
 CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu") and kind(name) == "trajectory"]
 PHASE_CPU_EXPERIMENTS = [name for name in EXPERIMENTS if name.endswith("_cpu") and kind(name) == "phase"]
+
+
+def tiny_lm_data(text_root) -> list[str]:
+    """Overrides that shrink a Transformer experiment to a tiny LM on the fixture's WikiText-layout corpus."""
+    return ["data=wikitext2", f"data.root={text_root}", "data.vocab_size=64", "data.context=8", "model.heads=2",
+            "data.batch_size=8", "data.measure_examples=8"]
+
+
 FAST = {"fig1_cpu", "fig2_cpu"}  # the GD and Adam panel families; the rest (momentum, …) are slow
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CPU_EXPERIMENTS])
 def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, text_root, tmp_path):
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
-    if cfg.model.name == "transformer":  # the Transformer figures: a tiny LM on the fixture's WikiText layout
-        data = ["data=wikitext2", f"data.root={text_root}", "data.vocab_size=64", "data.context=8", "model.heads=2",
-                "data.batch_size=8", "data.measure_examples=8"]
+    if cfg.model.name == "transformer":
+        data = tiny_lm_data(text_root)
     else:
         minibatch = ["data.batch_size=16", "data.measure_examples=32"] if cfg.data.batch_size else []
         data = [f"data.root={data_root}", "data.num_examples=64", *minibatch]
@@ -72,8 +79,7 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
     x_key = {"lr_trgt_scale": "schedule.lr_trgt_scale"}.get(cfg.exp.x, cfg.exp.x)
     sweep = tmp_path / "sweep"
-    data = (["data=wikitext2", f"data.root={text_root}", "data.vocab_size=64", "data.context=8", "model.heads=2",
-             "data.batch_size=8", "data.measure_examples=8"] if cfg.model.name == "transformer" else
+    data = (tiny_lm_data(text_root) if cfg.model.name == "transformer" else
             [f"data.root={data_root}", "data.num_examples=64", "data.batch_size=16", "data.measure_examples=32"])
     args = [f"+exp={name}", *data, "model.width=8", "model.depth=2", "train.steps=12", "train.chunk_steps=6",
             "train.eval_every=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}", "schedule.warmup_steps=1,4",

@@ -89,6 +89,15 @@ def cli(*args, env=None):
                           env={**CLI_ENV, **(env or {})}, timeout=120)
 
 
+def assert_one_line_error(result, words):
+    """Bad input: exit status 2 and a single `error: …` line on stderr that contains every one of `words`."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
 @pytest.mark.parametrize("args, words", [
     (["optimizer=adamw"], ["optimizer=adamw", "sgd", "gi_adam"]),
     (["schedule.lr_trgt=0.1", "schedule.nonsense=1"], ["nonsense"]),
@@ -103,11 +112,7 @@ def cli(*args, env=None):
 ])
 def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path):
     result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", env={"HOME": str(tmp_path)})
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0]
+    assert_one_line_error(result, words)
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
@@ -119,11 +124,7 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
 ])
 def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_path):
     result = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0]
+    assert_one_line_error(result, words)
     assert not (tmp_path / "sweep").exists()
 
 

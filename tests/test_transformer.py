@@ -9,7 +9,7 @@ from warmup import losses, records, text, train
 from warmup.models import Embed, adam_lr_multipliers, build_model, layer_kinds
 from warmup.models.transformer import NORMS, sinusoidal_positions
 from conftest import TINY, compose_config, runner
-from test_train import cli
+from test_train import assert_one_line_error, cli
 
 TOKENS = jax.random.randint(jax.random.key(0), (2, 12), 0, 50)
 
@@ -191,11 +191,7 @@ def test_sgd_catapult_search_reports_no_catapult_on_a_transformer(run_lm):
 ])
 def test_bad_language_model_input_is_one_line(args, words, tmp_path):
     result = cli(*args, "schedule.lr_trgt=0.1", f"hydra.run.dir={tmp_path / 'run'}", env={"HOME": str(tmp_path)})
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0]
+    assert_one_line_error(result, words)
 
 
 @pytest.mark.parametrize("exp", ["fig17", "fig17_cpu", "fig18", "fig18_cpu"])
