@@ -13,7 +13,7 @@ What is measured
       (a) the paper's setting: LOBPCG (`curvature.top_eigenpair(method="lobpcg", max_iters=100, tol=1e-9)`, i.e.
           jax's lobpcg_standard with k = 1) started from the SAME fixed random vector at every step;
       (b) the project's default tracker: `sharpness.every=1` with the default `sharpness=lanczos` config
-          (lanczos, max_iters 20, tol 1e-3, warm-started from the previous step's eigenvector), inside the loop.
+          (lanczos, max_iters 20, tol 1e-3, warm-started from step t − 2's eigenvector), inside the loop.
     Reference: a tight cold Lanczos solve at every θ_t (max_iters 64, tol 1e-7, float32, from a fixed random
     vector independent of both), with its true relative residual ‖Hv − λv‖/λ checked by one extra HVP.
 
@@ -37,23 +37,30 @@ What is measured
     Targets (from the issue): HVPs(a)/HVPs(b) ≥ 10 with (b) deviation ≤ 1 %; tracked step ≤ 3× untracked step.
 
 Why the step-time target is not met on CPU (measured, not assumed)
-    One HVP (jvp of the gradient) costs ~1.24x a gradient on FCN-4-64 (1.94x on FCN-4-512); a fused
-    grad + HVP ~1.45x. At the edge of stability the top two eigenvalues of H are close, so a Krylov solver needs
-    several products to separate them. A tolerance scan of the warm-started Lanczos tracker on this trajectory:
-    tol 1e-3 -> 9.7 HVPs/step, max deviation 4.5e-6; tol 1e-2 -> 7.0 HVPs, 13 % (it locks onto the second
-    eigenvalue at step 188); tol 3e-2 -> 5.3, 13 %; tol 0.1 -> 2.4, 17 %; a power-iteration warm start did not
-    help. So <= 1 % deviation costs >= ~7 HVPs per measured step, i.e. a tracked step >= ~9x an untracked one
-    when measured at every step; <= 3x holds only when λᴴ is measured every k >= ~8 steps (`sharpness.every`).
-    Cheaper products do not exist on CPU either: with the gradient linearised once (as the tracker does), each
-    further product costs 1.1-1.25x a gradient (linearize + 10 products = 11.4x a gradient on FCN-4-64 / 1000
-    examples, 13.5x on FCN-4-512 / 5000), so even a tracker that got the gradient for free would have to average
-    <= ~1.7 products per step. Trackers with one vmapped block application per step were tried on this trajectory
-    (subspace iteration with k = 2, 4, 8 vectors; top Ritz vectors plus their residuals, k = 2-8): median deviation
-    3-9 %, max >= 84 %, because λᴴ moves several % per step at the edge of stability; and a vmapped application
-    of k vectors costs about k single ones on CPU (k = 4: 4.6-7x a gradient), so blocking buys nothing here.
+    The tracked step already does the least it can: (1) its update comes from the same linearisation as the
+    Hessian (`curvature.value_gradient_and_hessian`), so a tracked step costs one gradient plus the products; and
+    (2) it warm-starts from the eigenvector measured two steps earlier (`loop._warm_start`): at the edge of stability
+    GD's top eigenvector flips every step (median overlap with t − 1: 0.29, with t − 2: 0.998 on this trajectory),
+    which took the default tracker from 9.73 to 5.78 products per step at the same accuracy.
+    What remains is the products: in the compiled loop one costs ~1.05x an untracked step (power iteration with a
+    fixed 4 products: +2.3–2.6 ms per product against a 2.1–2.5 ms step) and a Lanczos iteration ~1.5x (its
+    bookkeeping adds 0.5–1.5 ms; the noise of these 2 shared cores does not resolve it better). So <= 3x needs
+    <= ~1.8 products per measured step, and <= 1 % deviation needs more:
+      - tol 1e-2 (the looser stop) needs 3.06 products (5.6x), max deviation 0.18 % here, but on the momentum
+        trajectory `--momentum 0.9 --warmup-steps 16 --steps 150` it locks onto a lower eigenvalue at step 37 (2.0 %
+        off; tol 1e-3 there: 6.54 products, 8.8e-6), so the default stays 1e-3;
+      - offline on this trajectory (warm start from t − 2): exactly 2 Lanczos products per step err by 35 % during the
+        early fall of λᴴ (median 0.34 %), tol 3e-2 takes 2.0 products and errs by 8.5 %; extrapolating the warm
+        start from t − 4 and t − 2 saves 0.3 products at tol 1e-2 (3.12 → 2.84); seeding with the second Ritz vector
+        or the t − 1 eigenvector costs more products than it saves;
+      - one vmapped block of k products costs about k single ones on CPU, so block methods buy nothing (tried
+        earlier: subspace iteration / Ritz + residual blocks, k = 2–8, had median deviations of 3–9 %).
+    Measuring every k steps (`sharpness.every`) costs 1 + (r − 1)/k untracked steps for a tracked ratio r, so r ≈ 9
+    is within 3x from k = 4 on (arithmetic, not a timing).
 
-How to run (CPU; about 4–5 minutes on 2 shared cores, `--quick` (100 steps) about 2 minutes):
-    .venv/bin/python benchmarks/sharpness_cost.py [--quick] [--reps N] [--a-stride K] [--steps T] [--warmup-steps T_wrm] [--width W] [--examples N]
+How to run (CPU; about 1.5–2 minutes on 2 shared cores, `--quick` (100 steps) about 1 minute):
+    .venv/bin/python benchmarks/sharpness_cost.py [--quick] [--reps N] [--a-stride K] [--steps T] [--warmup-steps T_wrm]
+        [--width W] [--examples N] [--tol TOL] [--momentum β] [--lr-scale c]
 """
 import argparse
 import dataclasses
@@ -91,6 +98,9 @@ def main() -> int:
     parser.add_argument("--warmup-steps", type=int, default=4, help="T_wrm (4: a catapult at step 2, then EoS)")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--tol", type=float, default=None, help="override sharpness.tol (default: the config's)")
+    parser.add_argument("--momentum", type=float, default=0.0, help="heavy-ball β of the trajectory (default 0: GD)")
+    parser.add_argument("--lr-scale", type=float, default=32.0, help="c in η_trgt = c/λ₀ᴴ (default 32)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions of each loop (default 3, quick 2)")
     parser.add_argument("--a-stride", type=int, default=None, help="(a) on every k-th step (default 20, quick 25)")
     args = parser.parse_args()
@@ -101,10 +111,10 @@ def main() -> int:
 
     cfg = compose_cfg([
         "model=fcn", "model.depth=4", f"model.width={args.width}", "param=sp", "optimizer=sgd",
-        "optimizer.momentum=0.0", "loss=mse", "data=fashion_mnist", f"data.root={DATA_ROOT}",
-        f"data.num_examples={args.examples}", "data.batch_size=null", "schedule.lr_trgt_scale=32",
+        f"optimizer.momentum={args.momentum}", "loss=mse", "data=fashion_mnist", f"data.root={DATA_ROOT}",
+        f"data.num_examples={args.examples}", "data.batch_size=null", f"schedule.lr_trgt_scale={args.lr_scale}",
         f"schedule.warmup_steps={args.warmup_steps}", f"train.steps={steps}", f"train.chunk_steps={steps}",
-        "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"])
+        "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"] + ([f"sharpness.tol={args.tol}"] if args.tol else []))
     b = train.build(cfg)
     h, s = cfg.sharpness, cfg.schedule
     eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
@@ -118,8 +128,9 @@ def main() -> int:
     first_loss = float(measure_loss(b.params))
     loss_bound = cfg.train.divergence_factor * first_loss
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; FCN-{cfg.model.depth}-{cfg.model.width} SP "
-          f"({flat0.size:,} parameters), MSE, full-batch GD on {args.examples} Fashion-MNIST examples")
-    print(f"λ₀ᴴ = {lambda0:.4g}, η_trgt = 32/λ₀ᴴ = {lr_trgt:.4g}, linear warmup T_wrm = {s.warmup_steps}, "
+          f"({flat0.size:,} parameters), MSE, full-batch {'GD' if not args.momentum else f'SGD-M β = {args.momentum}'} "
+          f"on {args.examples} Fashion-MNIST examples")
+    print(f"λ₀ᴴ = {lambda0:.4g}, η_trgt = {args.lr_scale:g}/λ₀ᴴ = {lr_trgt:.4g}, linear warmup T_wrm = {s.warmup_steps}, "
           f"{steps} steps; default tracker: {h.method}, max_iters {h.max_iters}, tol {h.tol:g}, warm-started")
 
     # --- the real loop: untracked, tracked (one chunk each), and the chunk_steps=1 replay that keeps θ_t ---
@@ -198,24 +209,25 @@ def main() -> int:
     print(f"reference (cold lanczos, max_iters {REFERENCE['max_iters']}, tol {REFERENCE['tol']:g}) at all {steps} θ_t: {time.perf_counter() - t0:.1f} s, "
           f"mean {np.mean(hvp_ref):.1f} HVPs (max {max(hvp_ref)}, at the cap {sum(x >= REFERENCE['max_iters'] for x in hvp_ref)}), max true relative residual {max(res_ref):.1e}")
 
-    sec_b, v, hvp_b_standalone = [], eig0.vector, []
+    sec_b, warm, hvp_b_standalone = [], [eig0.vector, eig0.vector], []
     jax.block_until_ready(b_timed(thetas[0], eig0.vector))  # compile
-    for theta in thetas:  # the tracker's warm-started chain, standalone, for per-measurement seconds
+    for t, theta in enumerate(thetas):  # the tracker's chain (warm start from t − 2, as the loop), standalone
         start = time.perf_counter()
-        eig = jax.block_until_ready(b_timed(theta, v))
+        eig = jax.block_until_ready(b_timed(theta, warm[t % 2]))
         sec_b.append(time.perf_counter() - start)
-        v = eig.vector
+        warm[t % 2] = eig.vector
         hvp_b_standalone.append(int(eig.iterations))
 
     # --- the trajectory ---
     lr = replay["lr"].astype(np.float64)
     loss = replay["train_loss"].astype(np.float64)
-    above = np.flatnonzero(lam_ref > 2 / lr)
+    edge = (2 + 2 * args.momentum) / lr  # the stability threshold, (2 + 2β)/η_t
+    above = np.flatnonzero(lam_ref > edge)
     rises = np.flatnonzero(loss[1:] > 1.05 * loss[:-1]) + 1
     any_rise = np.flatnonzero(loss[1:] > loss[:-1]) + 1
     episodes = np.split(rises, np.flatnonzero(np.diff(rises) > 1) + 1) if rises.size else []
     print(f"\ntrajectory: loss {loss[0]:.4g} → {loss[-1]:.4g}; λᴴ_ref {lam_ref[0]:.4g} → {lam_ref[-1]:.4g} "
-          f"(2/η_trgt = {2 / lr_trgt:.4g}); λᴴ_ref > 2/η_t at {above.size} of {steps} steps"
+          f"((2 + 2β)/η_trgt = {edge[-1]:.4g}); λᴴ_ref > (2 + 2β)/η_t at {above.size} of {steps} steps"
           + (f" (first {above[0]}, last {above[-1]})" if above.size else ""))
     print(f"catapults (loss rising > 5% in a step): {len(episodes)} episode(s) at steps "
           f"{[[int(i) for i in e] for e in episodes]}, loss ×{max(loss[e].max() / loss[e[0] - 1] for e in episodes) if episodes else float('nan'):.2f} at most; "

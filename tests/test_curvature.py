@@ -87,6 +87,22 @@ def test_hvp_matches_dense_hessian(name):
             np.testing.assert_allclose(product, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["fcn_mse", "cnn_xent"])
+def test_value_gradient_and_hessian_is_value_and_grad_plus_the_hessian(name):
+    loss_fn, params = problem(name)
+    flat = ravel_pytree(params)[0]
+    tangent = jax.random.normal(jax.random.PRNGKey(2), flat.shape, jnp.float64)
+    value, grads, product = jax.jit(lambda p, t: (lambda v, g, matvec: (v, g, matvec(t)))(
+        *curvature.value_gradient_and_hessian(loss_fn, p)))(params, tangent)
+    expected_value, expected_grads = jax.value_and_grad(loss_fn)(params)
+    assert float(value) == pytest.approx(float(expected_value), rel=1e-12)
+    np.testing.assert_allclose(ravel_pytree(grads)[0], ravel_pytree(expected_grads)[0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(product, dense_hessian(name) @ np.asarray(tangent), rtol=1e-10, atol=1e-12)
+    with_aux = lambda p: (loss_fn(p), 2 * loss_fn(p))  # has_aux, as jax.value_and_grad
+    (loss, aux), _, _ = curvature.value_gradient_and_hessian(with_aux, params, has_aux=True)
+    assert float(aux) == pytest.approx(2 * float(expected_value), rel=1e-12)
+
+
 def solve(loss_fn, params, v0, **solver):
     return jax.jit(lambda v: curvature.sharpness(loss_fn, params, v, **solver))(v0)
 

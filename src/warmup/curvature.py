@@ -3,14 +3,15 @@
 
 Everything works on the Hessian as a matrix-free operator on the raveled parameters (one Hessian-vector product
 per matvec, forward-over-reverse) and is jit-able, so the training loop can measure curvature inside its
-compiled `lax.scan` every k steps (`lax.cond`), warm-started from the previous eigenvector with a bounded number
-of matvecs. Every solver reports the matvecs it used and the relative residual ‖Av − λv‖/|λ| of its answer; for
+compiled `lax.scan` every k steps (`lax.cond`), warm-started from an earlier eigenvector with a bounded number
+of matvecs, its update computed from the same linearisation when it measures on its own batch. Every solver reports the matvecs it used and the relative residual ‖Av − λv‖/|λ| of its answer; for
 a symmetric operator some eigenvalue lies within ‖Av − λv‖ of λ, so `residual` bounds the relative error of
 `value` (usually far more tightly: the error is ~residual²·|λ|/gap).
 
 Warm starts rely on the Hessian changing little between measurements: a Krylov solver only sees what v0's Krylov
-space contains, so a v0 that is (nearly) an eigenvector of a non-top eigenvalue can stop there. A zero v0 means
-a cold start from a fixed random direction.
+space contains, so a v0 that is (nearly) an eigenvector of a non-top eigenvalue can stop there; the tighter `tol`,
+the less likely (tol 1e-2 did so on a momentum trajectory where 1e-3 did not: `benchmarks/sharpness_cost.py`).
+A zero v0 means a cold start from a fixed random direction.
 
 The three solvers share one interface, `top_eigenpair(matvec, v0, method=…)`:
     lanczos  Krylov with full reorthogonalisation; the default, fewest matvecs for a given accuracy.
@@ -44,17 +45,28 @@ def hvp(loss_fn: Callable, params, tangent):
     return jax.jvp(jax.grad(loss_fn), (params,), (tangent,))[1]
 
 
-def flat_operator(loss_fn: Callable, params) -> tuple[Callable[[jax.Array], jax.Array], int]:
-    """The Hessian of `loss_fn` at `params` as a matvec on raveled (flat) parameters, and its dimension.
+def value_gradient_and_hessian(loss_fn: Callable, params, *, has_aux: bool = False):
+    """(value, gradient pytree, Hessian matvec on raveled parameters) of `loss_fn` at `params`, from one
+    linearisation of `jax.value_and_grad` (`value` is what it returns: the loss, or (loss, aux) with `has_aux`).
 
-    The gradient is linearised once (`jax.linearize`), so each matvec replays only the tangent half of
-    forward-over-reverse: about half the cost of a fresh `hvp` per product (measured 15 vs 34 ms, FCN-4-256, 1000
-    examples, CPU), which matters because a tracker applies it ~10 times per measurement.
+    The gradient is the primal output, so a training step that measures λᴴ on its own batch gets its update for
+    free. Each matvec replays only the tangent half of forward-over-reverse: about half the cost of a fresh `hvp`
+    per product (measured 15 vs 34 ms, FCN-4-256, 1000 examples, CPU), which matters because a tracker applies it
+    several times per measurement.
     """
     flat, unravel = ravel_pytree(params)
-    flat_grad = lambda f: ravel_pytree(jax.grad(loss_fn)(unravel(f)))[0]
-    _, matvec = jax.linearize(flat_grad, flat)
-    return matvec, flat.size
+
+    def flat_gradient(f):
+        value, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(unravel(f))
+        return ravel_pytree(grads)[0], value
+
+    (grads, value), tangent = jax.linearize(flat_gradient, flat)
+    return value, unravel(grads), lambda v: tangent(v)[0]
+
+
+def flat_operator(loss_fn: Callable, params) -> tuple[Callable[[jax.Array], jax.Array], int]:
+    """The Hessian of `loss_fn` at `params` as a matvec on raveled (flat) parameters, and its dimension."""
+    return value_gradient_and_hessian(loss_fn, params)[2], ravel_pytree(params)[0].size
 
 
 def _start_vector(v0: jax.Array) -> jax.Array:
@@ -89,20 +101,39 @@ def _top_ritz_pair_dense(alphas, betas, last):
     return values[-1], jnp.where(active, vectors[:, -1], 0)
 
 
-def _top_ritz_pair(alphas, betas, last):
-    """`_top_ritz_pair_dense` on the smallest leading block (16, 32, 64, … entries) that holds the active part:
-    dense eigh costs O(size³) (~1 s for 375 on CPU), so a solve that stops early should not pay for the whole
-    `max_iters` buffer at every step."""
-    size = alphas.shape[0]
-    blocks = sorted({min(size, 2**k) for k in range(4, max(4, size.bit_length()) + 1)})
+def _on_leading_block(size: int, last, branch):
+    """`branch(b)()` for the smallest leading block b ∈ {4, 8, 16, …, size} that holds entries 0…`last`.
 
+    Lanczos keeps its basis and tridiagonal zero-padded to `max_iters`; working on the whole buffer at every
+    iteration would make a solve that stops after a few products pay for all of it (dense eigh is O(size³), ~1 s
+    for 375 on CPU; reorthogonalising against 20 padded vectors of 59k parameters costs about as much as an HVP)."""
+    blocks = sorted({min(size, 2**k) for k in range(2, max(2, size.bit_length()) + 1)})
+    return lax.switch(jnp.sum(jnp.array(blocks) <= last), [branch(b) for b in blocks])
+
+
+def _top_ritz_pair(alphas, betas, last):
+    """`_top_ritz_pair_dense` on the leading block that holds the active part."""
     def in_block(block):
         def top():
             value, vector = _top_ritz_pair_dense(alphas[:block], betas[:block], last)
             return value, jnp.zeros_like(alphas).at[:block].set(vector)
         return top
 
-    return lax.switch(jnp.sum(jnp.array(blocks) <= last), [in_block(b) for b in blocks])
+    return _on_leading_block(alphas.shape[0], last, in_block)
+
+
+def _orthogonalise(w, basis, last):
+    """w minus its projection on the basis rows 0…`last` (the rest are zero): classical Gram-Schmidt twice, which
+    is orthogonal to working precision."""
+    def in_block(block):
+        def project_out():
+            rows, u = basis[:block], w
+            for _ in range(2):
+                u = u - rows.T @ (rows @ u)
+            return u
+        return project_out
+
+    return _on_leading_block(basis.shape[0], last, in_block)
 
 
 class _LanczosState(NamedTuple):
@@ -132,8 +163,7 @@ def _lanczos(matvec, v0, max_iters, tol) -> EigResult:
         v = s.basis[s.step]
         w = matvec(v)
         alpha = v @ w
-        for _ in range(2):  # classical Gram-Schmidt twice is orthogonal to working precision
-            w = w - s.basis.T @ (s.basis @ w)
+        w = _orthogonalise(w, s.basis, s.step)
         beta = jnp.linalg.norm(w)
         alphas, betas = s.alphas.at[s.step].set(alpha), s.betas.at[s.step].set(beta)
         value, ritz = _top_ritz_pair(alphas, betas, s.step)
@@ -251,6 +281,13 @@ def adam_preconditioner(count, nu, *, b1: float, b2: float, eps: float, moment: 
     return jax.tree.map(diagonal, nu)
 
 
+def preconditioned_operator(matvec: Callable[[jax.Array], jax.Array], precond) -> Callable[[jax.Array], jax.Array]:
+    """P^{-1/2} H P^{-1/2} as a flat matvec, given H's flat `matvec` and a diagonal preconditioner `precond` (pytree
+    like the parameters, e.g. from `adam_preconditioner`): symmetric and similar to P⁻¹H (same eigenvalues)."""
+    scale = jax.lax.rsqrt(ravel_pytree(precond)[0])
+    return lambda u: scale * matvec(scale * u)
+
+
 def preconditioned_sharpness(loss_fn: Callable, params, precond, v0: jax.Array, **solver) -> EigResult:
     """λ^{P⁻¹H} = λ_max(P⁻¹H) for a diagonal preconditioner `precond` (pytree like `params`, e.g. from
     `adam_preconditioner`).
@@ -260,9 +297,7 @@ def preconditioned_sharpness(loss_fn: Callable, params, precond, v0: jax.Array, 
     With per-layer learning-rate multipliers c (full μP, θ ← θ − η·c·m̂/(√v̂ + ε)) the update's preconditioner is
     P/c: pass that.
     """
-    matvec, _ = flat_operator(loss_fn, params)
-    scale = jax.lax.rsqrt(ravel_pytree(precond)[0])
-    return top_eigenpair(lambda u: scale * matvec(scale * u), v0, **solver)
+    return top_eigenpair(preconditioned_operator(flat_operator(loss_fn, params)[0], precond), v0, **solver)
 
 
 def thresholds(lr, *, optimizer: str, momentum: float = 0.0, b1: float = 0.9) -> tuple[jax.Array, jax.Array]:
