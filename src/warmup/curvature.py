@@ -4,9 +4,10 @@
 Everything works on the Hessian as a matrix-free operator on the raveled parameters (one Hessian-vector product
 per matvec, forward-over-reverse) and is jit-able, so the training loop can measure curvature inside its
 compiled `lax.scan` every k steps (`lax.cond`), warm-started from an earlier eigenvector with a bounded number
-of matvecs, its update computed from the same linearisation when it measures on its own batch. Every solver reports the matvecs it used and the relative residual ‖Av − λv‖/|λ| of its answer; for
-a symmetric operator some eigenvalue lies within ‖Av − λv‖ of λ, so `residual` bounds the relative error of
-`value` (usually far more tightly: the error is ~residual²·|λ|/gap).
+of matvecs (and, when it measures on its own batch, with its update taken from the same linearisation). Every
+solver reports the matvecs it used and the relative residual ‖Av − λv‖/|λ| of its answer; for a symmetric
+operator some eigenvalue lies within ‖Av − λv‖ of λ, so `residual` bounds the relative error of `value`
+(usually far more tightly: the error is ~residual²·|λ|/gap).
 
 Warm starts rely on the Hessian changing little between measurements: a Krylov solver only sees what v0's Krylov
 space contains, so a v0 that is (nearly) an eigenvector of a non-top eigenvalue can stop there; the tighter `tol`,

@@ -2,7 +2,8 @@
 
 Everything that happens per step — batch draw, augmentation, forward/backward, optimiser update, η_t, sharpness,
 test evaluation and the divergence decision — runs inside one `lax.scan` chunk; the host only sees a chunk's metric
-arrays. Where η_t is computed: `schedules.learning_rate` inside `_train_step`. Where λᴴ is measured: `step_with_curvature`.
+arrays. Where η_t is computed: `schedules.learning_rate` inside `train_step`. Where λᴴ is measured:
+`step_with_curvature`.
 Where a run's status is decided: the `frozen` / `diverged_step` fields here, and `run_status` for the end of a run.
 """
 import dataclasses
@@ -71,7 +72,8 @@ class LoopConfig:
     @property
     def measures_train_batch(self) -> bool:
         """Full batch without augmentation: the measurement batch is the batch the step trains on (`Arrays`), so
-        one linearisation of its gradient gives both the update and the Hessian (`curvature.value_gradient_and_hessian`)."""
+        one linearisation of its gradient gives both the update and the Hessian
+        (`curvature.value_gradient_and_hessian`)."""
         return self.batch_size is None and not self.flip and self.crop == 0 and self.mixup_alpha == 0
 
 
