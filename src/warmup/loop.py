@@ -151,8 +151,10 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
         solver = dict(method=cfg.sharpness_method, max_iters=cfg.sharpness_max_iters, tol=cfg.sharpness_tol)
         v0, pre_v0 = _warm_start(state.eigvec, state.step), _warm_start(state.pre_eigvec, state.step)
 
+        gradient = lambda: jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+
         def step_without_curvature():
-            (loss, logits), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+            (loss, logits), grads = gradient()
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             return loss, logits, grads, updates, opt_state, _skipped(v0), _skipped(pre_v0)
 
@@ -161,7 +163,7 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
                 (loss, logits), grads, hessian = curvature.value_gradient_and_hessian(batch_loss, state.params,
                                                                                     has_aux=True)
             else:
-                (loss, logits), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+                (loss, logits), grads = gradient()
                 measure_loss = lambda p: mean_loss(apply_fn, loss_fn, p, arrays.x_measure, arrays.y_measure)[0]
                 hessian, _ = curvature.flat_operator(measure_loss, state.params)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
