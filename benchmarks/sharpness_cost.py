@@ -135,7 +135,7 @@ def main() -> int:
         "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"] + ([f"sharpness.tol={args.tol}"] if args.tol else []))
     b = train.build(cfg)
     h, s = cfg.sharpness, cfg.schedule
-    eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
+    eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
     lambda0 = float(eig0.value)
     lr_trgt = s.lr_trgt_scale / lambda0
     sched = schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,

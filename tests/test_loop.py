@@ -47,18 +47,23 @@ def trajectory(setup, **changes):
     return states, {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
+@pytest.fixture(scope="module")
+def untracked(setup):
+    return trajectory(setup, sharpness_every=0)
+
+
 def test_a_full_batch_run_measures_on_its_own_batch():
     assert loop.LoopConfig(optimizer="sgd").measures_train_batch
     assert not loop.LoopConfig(optimizer="sgd", batch_size=8).measures_train_batch
     assert not loop.LoopConfig(optimizer="sgd", flip=True).measures_train_batch
 
 
-def test_tracking_leaves_the_trajectory_unchanged_and_matches_a_standalone_solve(setup):
+def test_tracking_leaves_the_trajectory_unchanged_and_matches_a_standalone_solve(setup, untracked):
     """The tracked step takes its update from the linearisation that measures λᴴ; it must be the same update."""
     tracked, rows = trajectory(setup)
-    untracked, plain = trajectory(setup, sharpness_every=0)
+    plain_states, plain = untracked
     np.testing.assert_allclose(rows["train_loss"], plain["train_loss"], rtol=1e-5)
-    np.testing.assert_allclose(ravel_pytree(tracked[-1].params)[0], ravel_pytree(untracked[-1].params)[0],
+    np.testing.assert_allclose(ravel_pytree(tracked[-1].params)[0], ravel_pytree(plain_states[-1].params)[0],
                                rtol=1e-4, atol=1e-6)
     assert np.isnan(plain["sharpness"]).all()
 
@@ -87,3 +92,42 @@ def test_warm_starts_follow_the_step_parity(setup):
         eig = start(states[t].params, states[t].eigvec[t % 2])
         assert float(eig.value) == pytest.approx(float(rows["sharpness"][t]), rel=1e-6)
         assert int(eig.iterations) == int(rows["sharpness_iters"][t])
+
+
+def test_float64_measurements_keep_training_in_float32(setup, untracked):
+    """sharpness.dtype=float64 traces the solve in double precision: the in-loop λᴴ_t equals a standalone float64
+    solve and the dense float64 Hessian's top eigenvalue at θ_t, while the update is the plain float32 gradient's
+    (the trajectory is the untracked one, bit for bit) and the state stays float32."""
+    solver = dict(sharpness_dtype="float64", sharpness_tol=1e-10, sharpness_max_iters=64)
+    tracked, rows = trajectory(setup, **solver)
+    np.testing.assert_array_equal(rows["train_loss"], untracked[1]["train_loss"])
+    assert {str(leaf.dtype) for leaf in jax.tree.leaves((tracked[-1].params, tracked[-1].eigvec))} == {"float32"}
+    assert rows["sharpness"].dtype == np.float32
+
+    measure_loss = setup[4]
+    with jax.enable_x64(True):
+        at = [curvature.cast(tracked[t].params, "float64") for t in (0, STEPS - 1)]
+        flat, unravel = ravel_pytree(at[0])
+        dense = [np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: measure_loss(unravel(f)))(ravel_pytree(p)[0])))[-1]
+                 for p in at]
+        solve = jax.jit(lambda p: curvature.sharpness(measure_loss, p, jnp.zeros(flat.size), max_iters=64, tol=1e-10))
+        standalone = [solve(p) for p in at]
+        assert all(s.value.dtype == jnp.float64 and float(s.residual) < 1e-10 for s in standalone)
+    measured = rows["sharpness"][[0, STEPS - 1]]
+    assert rows["sharpness_residual"].max() < 1e-10
+    np.testing.assert_allclose(measured, dense, rtol=2e-7)  # float32 rounding of a float64 solve
+    np.testing.assert_allclose(measured, [float(s.value) for s in standalone], rtol=2e-7)
+
+
+def test_only_a_float64_measurement_traces_float64(setup):
+    """The numbers above cannot tell the dtypes apart on so small a net (float32 is also within 2e-7 there); the
+    traced program can: float64 arithmetic appears exactly when sharpness_dtype asks for it."""
+    model, loss_fn, params, arrays, _, eig0, sched, cfg = setup
+    tx = build_optimizer("sgd")
+    state = loop.init_state(params, tx.init(params), jax.random.PRNGKey(1), eig0.vector)
+
+    def program(dtype):
+        chunk = loop.make_chunk_fn(dataclasses.replace(cfg, sharpness_dtype=dtype), model.apply, loss_fn, tx)
+        return str(jax.make_jaxpr(chunk)(state, sched, arrays, jnp.float32(1e6), jnp.int32(STEPS)))
+
+    assert "f64[" in program("float64") and "f64[" not in program("float32")

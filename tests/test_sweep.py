@@ -95,6 +95,17 @@ def test_batched_cells_equal_sequential_runs(grid):
     assert "eta_c" in batched[4] and "eta_c" not in batched[0]  # the catapult-initialised cell searched η_c
 
 
+def test_float64_measurements_batch_like_sequential_runs(data_root, tmp_path):
+    """vmap re-traces the measurement when it batches the program; with sharpness.dtype=float64 that must happen in
+    double precision too (the batch runs in the measurement's precision mode) and give the sequential records."""
+    cfgs = configs(data_root, CELLS[:2], extra=("sharpness.dtype=float64",))
+    batched = sweep.run_batched(cfgs, [tmp_path / "batched" / f"cell{i}" for i in range(2)])
+    for i, cfg in enumerate(cfgs):
+        sequential = train.execute(cfg, tmp_path / "sequential" / f"cell{i}")
+        assert_same_run(tmp_path / "batched" / f"cell{i}", batched[i], tmp_path / "sequential" / f"cell{i}", sequential)
+        assert records.read_metrics(tmp_path / "batched" / f"cell{i}").sharpness.notna().sum() == 4
+
+
 def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, capsys):
     cfgs, batched_dirs, batched, _, _ = grid
     dirs = [tmp_path / d.name for d in batched_dirs]

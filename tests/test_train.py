@@ -53,9 +53,12 @@ def test_huge_learning_rate_is_recorded_as_diverged(run):
     assert records.read_summary(run_dir)["status"] == "diverged"
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "gi_adam", "ri_adam", "radam"])
-def test_adam_family_tracks_preconditioned_sharpness(run, optimizer):
-    run_dir, summary = run(f"optimizer={optimizer}", "schedule.lr_trgt=1e-3", "sharpness.every=10", "param=mup")
+@pytest.mark.parametrize("optimizer, options", [
+    ("adam", ("sharpness.dtype=float64", "param.full_mup=true")),  # the float64 path, with per-layer rates in P
+    ("gi_adam", ()), ("ri_adam", ()), ("radam", ())])
+def test_adam_family_tracks_preconditioned_sharpness(run, optimizer, options):
+    run_dir, summary = run(f"optimizer={optimizer}", "schedule.lr_trgt=1e-3", "sharpness.every=10", "param=mup",
+                           *options)
     assert summary["status"] != "diverged"
     metrics = records.read_metrics(run_dir)
     measured = metrics[metrics.pre_sharpness.notna()]
@@ -116,6 +119,12 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
+def test_sharpness_dtype_must_be_float32_or_float64():
+    train.validate(compose_config(["schedule.lr_trgt=0.1", "sharpness.dtype=float64"]))
+    with pytest.raises(train.ConfigError, match="^sharpness.dtype=float16: unknown; allowed: float32, float64$"):
+        train.validate(compose_config(["schedule.lr_trgt=0.1", "sharpness.dtype=float16"]))
+
+
 @pytest.mark.parametrize("args, words", [
     (["schedule.lr_trgt=0.1", "optimizer=adam,adamw"], ["optimizer=adamw", "sgd", "gi_adam"]),
     (["schedule.lr_trgt=0.1,0.2", "schedule.nonsense=1"], ["schedule.nonsense"]),
@@ -159,3 +168,4 @@ def test_persistent_catapult_warmup_reaches_lr_trgt_without_decreasing_lr(run):
     assert events and all(e["start_step"] <= e["recovery_step"] <= t_reach for e in events)
     assert [e["lr"] for e in events] == sorted(e["lr"] for e in events)
     assert max(e["lr"] for e in events) <= lr_trgt
+

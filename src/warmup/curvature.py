@@ -14,12 +14,18 @@ space contains, so a v0 that is (nearly) an eigenvector of a non-top eigenvalue 
 the less likely (tol 1e-2 did so on a momentum trajectory where 1e-3 did not: `benchmarks/sharpness_cost.py`).
 A zero v0 means a cold start from a fixed random direction.
 
+Precision: measurements run in the parameters' dtype (float32 in training) unless traced inside
+`precision("float64")` on `cast` parameters, as the loop and λ₀ᴴ do for `sharpness.dtype=float64`: float32
+arithmetic stalls the true relative residual near 1e-7·‖H‖/λ (Lanczos's estimate |β s| keeps falling below it, so a
+float32 `residual` under ~1e-7 is not to be trusted); tighter answers need float64 (~2.2× the cost per product on CPU).
+
 The three solvers share one interface, `top_eigenpair(matvec, v0, method=…)`:
     lanczos  Krylov with full reorthogonalisation; the default, fewest matvecs for a given accuracy.
     power    power iteration; converges to the eigenvalue of largest |λ| (see `_power`).
     lobpcg   `jax.experimental.sparse.linalg.lobpcg_standard` with k = 1, the authors' solver.
 """
 
+import contextlib
 from typing import Callable, NamedTuple
 
 import jax
@@ -29,6 +35,7 @@ from jax.experimental.sparse.linalg import lobpcg_standard
 from jax.flatten_util import ravel_pytree
 
 METHODS = ("lanczos", "power", "lobpcg")
+DTYPES = ("float32", "float64")
 MOMENTS = ("next", "previous")
 _ADAM_FAMILY = ("adam", "gi_adam", "ri_adam", "radam")
 _MOMENTUM_FAMILY = ("sgd",)
@@ -39,6 +46,20 @@ class EigResult(NamedTuple):
     vector: jax.Array  # flat, unit norm; pass it back as the next `v0` to warm-start
     iterations: jax.Array  # int32: operator applications (matvecs) used
     residual: jax.Array  # ‖Av − λv‖/|λ|
+
+
+def precision(dtype: str):
+    """The context to trace a measurement in. "float64" turns on jax's 64-bit mode only for what is traced inside it
+    (`jax.enable_x64`), so a float32 training program can measure in double precision: cast the parameters (and the
+    warm start) with `cast` inside it, and the results back before leaving it."""
+    if dtype not in DTYPES:
+        raise ValueError(f"sharpness.dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def cast(tree, dtype):
+    """The floating-point leaves of `tree` as `dtype` (integer leaves, e.g. iteration counts, unchanged)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def hvp(loss_fn: Callable, params, tangent):
@@ -72,9 +93,11 @@ def flat_operator(loss_fn: Callable, params) -> tuple[Callable[[jax.Array], jax.
 
 def _start_vector(v0: jax.Array) -> jax.Array:
     """v0 normalised; a zero or non-finite v0 (no previous eigenvector yet, or a diverged run) is replaced by
-    a fixed random direction, so a cold start never divides by zero."""
+    a fixed random direction, so a cold start never divides by zero. (Drawn in float32 from the raw key, for every
+    dtype: a float64 draw, or seeding a key, traced inside `precision("float64")` within a float32 program does not
+    lower cleanly.)"""
     norm = jnp.linalg.norm(v0)
-    fallback = jax.random.normal(jax.random.PRNGKey(0), v0.shape, v0.dtype)
+    fallback = jax.random.normal(jnp.zeros(2, jnp.uint32), v0.shape, jnp.float32).astype(v0.dtype)  # PRNGKey(0)
     usable = jnp.isfinite(norm) & (norm > 0)
     return jnp.where(usable, v0 / jnp.where(usable, norm, 1), fallback / jnp.linalg.norm(fallback))
 

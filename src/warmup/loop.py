@@ -3,7 +3,7 @@
 Everything that happens per step — batch draw, augmentation, forward/backward, optimiser update, η_t, sharpness,
 test evaluation and the divergence decision — runs inside one `lax.scan` chunk; the host only sees a chunk's metric
 arrays. Where η_t is computed: `schedules.learning_rate` inside `train_step`. Where λᴴ is measured:
-`step_with_curvature`.
+`curvature_of`, on the step's own linearisation (`step_with_curvature`) or on the measurement batch (`measure`).
 Where a run's status is decided: the `frozen` / `diverged_step` fields here, and `run_status` for the end of a run.
 """
 import dataclasses
@@ -60,6 +60,7 @@ class LoopConfig:
     sharpness_method: str = "lanczos"
     sharpness_max_iters: int = 20
     sharpness_tol: float = 1e-3
+    sharpness_dtype: str = "float32"  # float64: measurements traced in double precision (`curvature.precision`)
     eval_every: int = 0
     eval_batch: int = 1000
     chunk_steps: int = 100
@@ -71,10 +72,14 @@ class LoopConfig:
 
     @property
     def measures_train_batch(self) -> bool:
-        """Full batch without augmentation: the measurement batch is the batch the step trains on (`Arrays`), so
-        one linearisation of its gradient gives both the update and the Hessian
-        (`curvature.value_gradient_and_hessian`)."""
+        """Full batch without augmentation: the measurement batch is the batch the step trains on (`Arrays`)."""
         return self.batch_size is None and not self.flip and self.crop == 0 and self.mixup_alpha == 0
+
+    @property
+    def shares_linearisation(self) -> bool:
+        """The update and the Hessian come from one linearisation of the batch gradient
+        (`curvature.value_gradient_and_hessian`): the measurement batch is the training batch and in its dtype."""
+        return self.measures_train_batch and self.sharpness_dtype == "float32"
 
 
 def mean_loss(apply_fn, loss_fn, params, x, y):
@@ -152,36 +157,50 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
         v0, pre_v0 = _warm_start(state.eigvec, state.step), _warm_start(state.pre_eigvec, state.step)
 
         gradient = lambda: jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+        update = lambda grads: tx.update(grads, state.opt_state, state.params)
+        skipped = lambda: (_skipped(v0), _skipped(pre_v0))
+        due = live & (state.step % max(cfg.sharpness_every, 1) == 0)
 
-        def step_without_curvature():
-            (loss, logits), grads = gradient()
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            return loss, logits, grads, updates, opt_state, _skipped(v0), _skipped(pre_v0)
-
-        def step_with_curvature():
-            if cfg.measures_train_batch:
-                (loss, logits), grads, hessian = curvature.value_gradient_and_hessian(batch_loss, state.params,
-                                                                                    has_aux=True)
-            else:
-                (loss, logits), grads = gradient()
-                measure_loss = lambda p: mean_loss(apply_fn, loss_fn, p, arrays.x_measure, arrays.y_measure)[0]
-                hessian, _ = curvature.flat_operator(measure_loss, state.params)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            eig, pre_eig = curvature.top_eigenpair(hessian, v0, **solver), _skipped(pre_v0)
+        def curvature_of(hessian, opt_state):
+            """(λᴴ, λ^{P⁻¹H}) of a Hessian matvec, solved in its dtype, returned in float32 (metrics, warm starts)."""
+            dtype = cfg.sharpness_dtype
+            eig, pre_eig = curvature.top_eigenpair(hessian, v0.astype(dtype), **solver), _skipped(pre_v0)
             if cfg.preconditioned:
                 moments = adam_moments(opt_state)  # after this step's update: count = t+1, nu = v_{t+1}
-                precond = curvature.adam_preconditioner(moments.count, moments.nu, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+                precond = curvature.adam_preconditioner(moments.count, curvature.cast(moments.nu, dtype), b1=cfg.b1,
+                                                        b2=cfg.b2, eps=cfg.eps)
                 if lr_multipliers is not None:
                     precond = jax.tree.map(jnp.divide, precond, lr_multipliers)
-                pre_eig = curvature.top_eigenpair(curvature.preconditioned_operator(hessian, precond), pre_v0, **solver)
-            return loss, logits, grads, updates, opt_state, eig, pre_eig
+                pre_eig = curvature.top_eigenpair(curvature.preconditioned_operator(hessian, precond),
+                                                  pre_v0.astype(dtype), **solver)
+            return curvature.cast((eig, pre_eig), v0.dtype)
 
-        if cfg.sharpness_every > 0:
-            due = live & (state.step % cfg.sharpness_every == 0)
-            loss, logits, grads, updates, opt_state, eig, pre_eig = when(due, step_with_curvature,
-                                                                         step_without_curvature)
+        if cfg.sharpness_every > 0 and cfg.shares_linearisation:
+            def step_with_curvature():
+                value, grads, hessian = curvature.value_gradient_and_hessian(batch_loss, state.params, has_aux=True)
+                updates, opt_state = update(grads)
+                return value, grads, updates, opt_state, curvature_of(hessian, opt_state)
+
+            def step_without_curvature():
+                value, grads = gradient()
+                updates, opt_state = update(grads)
+                return value, grads, updates, opt_state, skipped()
+
+            (loss, logits), grads, updates, opt_state, (eig, pre_eig) = when(due, step_with_curvature,
+                                                                             step_without_curvature)
         else:
-            loss, logits, grads, updates, opt_state, eig, pre_eig = step_without_curvature()
+            (loss, logits), grads = gradient()
+            updates, opt_state = update(grads)
+            if cfg.sharpness_every > 0:
+                def measure():
+                    measure_loss = lambda p: mean_loss(apply_fn, loss_fn, p, arrays.x_measure, arrays.y_measure)[0]
+                    with curvature.precision(cfg.sharpness_dtype):
+                        params = curvature.cast(state.params, cfg.sharpness_dtype)
+                        return curvature_of(curvature.flat_operator(measure_loss, params)[0], opt_state)
+
+                eig, pre_eig = when(due, measure, skipped)
+            else:
+                eig, pre_eig = skipped()
         bad = ~jnp.isfinite(loss) | (loss > loss_bound)
         apply = live & ~bad
         nan = jnp.array(jnp.nan, jnp.float32)

@@ -30,7 +30,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from warmup import loop, records, train
+from warmup import curvature, loop, records, train
 
 # Config keys a batch may vary: they reach the program as traced arrays or only plan it on the host (η_c search).
 TRACED_KEYS = (
@@ -101,7 +101,7 @@ class _Seed:
         except ValueError as err:  # the library's own checks, as in train.execute
             raise train.ConfigError(str(err)) from err
         h, b = cfg.sharpness, self.built
-        self.eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
+        self.eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
         self.lambda0 = float(self.eig0.value)
         self.first_loss = float(loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure,
                                                b.arrays.y_measure)[0])
@@ -208,7 +208,10 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     chunks: list[list[pd.DataFrame]] = [[] for _ in range(n)]
     open_cells = set(range(n))
     while open_cells:
-        state, metrics = chunk(state, sched, arrays, loss_bound, jnp.int32(steps))
+        # vmap re-traces the measurement outside the loop's own float64 context: trace the batch in the
+        # measurement's precision mode (training arrays keep their float32 dtypes; records equal sequential runs)
+        with curvature.precision(b0.loop_cfg.sharpness_dtype):
+            state, metrics = chunk(state, sched, arrays, loss_bound, jnp.int32(steps))
         metrics = jax.device_get(metrics)
         valid = metrics.pop("valid")
         frozen, step = np.asarray(state.frozen), np.asarray(state.step)

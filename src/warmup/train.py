@@ -93,6 +93,7 @@ def validate(cfg: DictConfig) -> None:
              f"sharpness.method={h.method}: unknown; allowed: {', '.join(curvature.METHODS)}")
     _require(isinstance(h.every, int) and h.every >= 0, f"sharpness.every={h.every}: must be an integer >= 0 (0 = off)")
     _require(h.max_iters >= 1 and h.init_max_iters >= 1, "sharpness.max_iters / sharpness.init_max_iters: must be >= 1")
+    _require(h.dtype in curvature.DTYPES, f"sharpness.dtype={h.dtype}: unknown; allowed: {', '.join(curvature.DTYPES)}")
 
 
 class Built(NamedTuple):
@@ -171,7 +172,7 @@ def build(cfg: DictConfig) -> Built:
     loop_cfg = loop.LoopConfig(
         optimizer=o.name, **hyper, batch_size=d.batch_size, **batching,
         sharpness_every=h.every, sharpness_method=h.method, sharpness_max_iters=h.max_iters, sharpness_tol=h.tol,
-        eval_every=cfg.train.eval_every, eval_batch=cfg.train.eval_batch,
+        sharpness_dtype=h.dtype, eval_every=cfg.train.eval_every, eval_batch=cfg.train.eval_batch,
         chunk_steps=min(cfg.train.chunk_steps, cfg.train.steps), scan_unroll=cfg.train.scan_unroll)
     return Built(arrays, train_eval, chance_acc, model, params, tx, losses.get(cfg.loss.name), multipliers, loop_cfg,
                  loop_key)
@@ -183,13 +184,21 @@ def measurement_loss(b: Built):
     return lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
 
 
-def initial_sharpness(b: Built, method: str, max_iters: int, tol: float) -> curvature.EigResult:
-    """λ₀ᴴ: a tight solve on the measurement batch at initialisation (it sets η_trgt = c/λ₀ᴴ)."""
+def initial_sharpness(b: Built, method: str, max_iters: int, tol: float, dtype: str) -> curvature.EigResult:
+    """λ₀ᴴ: a tight solve on the measurement batch at initialisation (it sets η_trgt = c/λ₀ᴴ), in `dtype`; the result
+    is returned in the parameters' dtype (its vector is the loop's first warm start)."""
     measure_loss = measurement_loss(b)
     flat, _ = ravel_pytree(b.params)
-    v0 = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
-    solve = jax.jit(lambda p, v: curvature.sharpness(measure_loss, p, v, method=method, max_iters=max_iters, tol=tol))
-    return solve(b.params, v0)
+
+    @jax.jit
+    def solve(params):
+        v0 = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype).astype(dtype)
+        eig = curvature.sharpness(measure_loss, curvature.cast(params, dtype), v0, method=method, max_iters=max_iters,
+                                  tol=tol)
+        return curvature.cast(eig, flat.dtype)
+
+    with curvature.precision(dtype):
+        return solve(b.params)
 
 
 def search_catapult(b: Built, lr_trgt: float, delta: float, lr_start: float, max_forward_passes: int):
@@ -260,7 +269,7 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
     except ValueError as err:  # the library's own checks (optimiser hyperparameters, model depth, ...)
         raise ConfigError(str(err)) from err
     h = cfg.sharpness
-    eig0 = initial_sharpness(b, h.method, h.init_max_iters, h.init_tol)
+    eig0 = initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
     lambda0 = float(eig0.value)
     lr_trgt, sched, search = plan_schedule(cfg, b, lambda0)
     steps = cfg.train.steps
