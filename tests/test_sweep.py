@@ -1,7 +1,6 @@
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -20,31 +19,7 @@ CELLS = [
 ]
 COMMON = ("sharpness.every=5",)
 COMPARED = ("step", "lr", "train_loss", "train_acc", "sharpness", "sharpness_threshold", "test_loss", "test_acc")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Each train.execute compiles the same programs afresh (new closures); a persistent cache makes the repeats
-    cheap (about 6 s -> 2 s per tiny run on 2 CPU cores). Restored afterwards, so other modules are unaffected."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {name: getattr(jax.config, name) for name in names}
-    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)
-    _reset_cache()
-    for name, value in zip(names, values):
-        jax.config.update(name, value)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    _reset_cache()
-
-
-def _reset_cache():
-    try:
-        from jax._src import compilation_cache
-        compilation_cache.reset_cache()
-    except (ImportError, AttributeError):  # private API; without it the cache simply stays on for this process
-        pass
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def configs(data_root, cells=CELLS, extra=()):

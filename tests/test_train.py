@@ -9,6 +9,8 @@ import pytest
 from warmup import records, train
 from conftest import CLI_ENV, TINY, compose_config
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
 
 def test_run_writes_the_record_contract(run):
     run_dir, summary = run("schedule.lr_trgt_scale=1", "schedule.warmup_steps=5", "sharpness.every=5")
