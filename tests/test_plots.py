@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +11,13 @@ from warmup import plots, train
 from conftest import CLI_ENV, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (train.CONFIG_DIR / "exp").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """The tests inspect figures they never save (`plots.save` closes its own); close them after each test."""
+    yield
+    plt.close("all")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
