@@ -71,8 +71,8 @@ def test_batched_cells_equal_sequential_runs(grid):
 
 
 def test_float64_measurements_batch_like_sequential_runs(data_root, tmp_path):
-    """vmap re-traces the measurement when it batches the program; with sharpness.dtype=float64 that must happen in
-    double precision too (the batch runs in the measurement's precision mode) and give the sequential records."""
+    """vmap re-traces the measurement when it batches the program, outside the loop's float64 context (which failed
+    to lower before the batch was run in the measurement's precision mode); it must give the sequential records."""
     cfgs = configs(data_root, CELLS[:2], extra=("sharpness.dtype=float64",))
     batched = sweep.run_batched(cfgs, [tmp_path / "batched" / f"cell{i}" for i in range(2)])
     for i, cfg in enumerate(cfgs):
