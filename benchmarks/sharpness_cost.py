@@ -40,8 +40,9 @@ The floor (printed)
     A third loop measures with exactly one HVP per step (power, max_iters 1, tol 0), which prices a product in the
     real loop. An oracle tracker is then replayed offline: Lanczos warm-started from the REFERENCE eigenvector at
     t − 2 (the best warm start a tracker could hold) and stopped at the first product count whose value is within 1 %
-    of λ_ref (which no real tracker can see). Its products per step times that price is a lower bound on the
-    tracked/untracked ratio of any warm-started Krylov tracker that meets the deviation target.
+    of λ_ref (which no real tracker can see). Its products per step times that price is a floor for the
+    tracked/untracked ratio of a Lanczos tracker warm-started from t − 2 that meets the deviation target (a better
+    start, e.g. extrapolated from earlier steps, could go below it).
 
 Why the step-time target is not met on CPU (measured, not assumed)
     The tracked step already does the least it can: (1) its update comes from the same linearisation as the
