@@ -170,4 +170,3 @@ def test_persistent_catapult_warmup_reaches_lr_trgt_without_decreasing_lr(run):
     assert events and all(e["start_step"] <= e["recovery_step"] <= t_reach for e in events)
     assert [e["lr"] for e in events] == sorted(e["lr"] for e in events)
     assert max(e["lr"] for e in events) <= lr_trgt
-
