@@ -41,8 +41,9 @@ The floor (printed)
     real loop. An oracle tracker is then replayed offline: Lanczos warm-started from the REFERENCE eigenvector at
     t − 2 (the best warm start a tracker could hold) and stopped at the first product count whose value is within 1 %
     of λ_ref (which no real tracker can see). Its products per step times that price is a floor for the
-    tracked/untracked ratio of a Lanczos tracker warm-started from t − 2 that meets the deviation target (a better
-    start, e.g. extrapolated from earlier steps, could go below it).
+    tracked/untracked ratio of a Lanczos tracker warm-started from t − 2 that meets the deviation target. A start
+    extrapolated from the exact eigenvectors at t − 4 and t − 2, v + α(v − v₋₄), barely lowers it (offline, steps
+    4–199: α = 0, 0.5, 1: 1.28, 1.26, 1.28 products).
 
 Why the step-time target is not met on CPU (measured, not assumed)
     The tracked step already does the least it can: (1) its update comes from the same linearisation as the
@@ -69,6 +70,10 @@ Why the step-time target is not met on CPU (measured, not assumed)
       - exactly 2 Lanczos products per step: 35 % off during the early fall of λᴴ (median 0.34 %); tol 3e-2: 2.0
         products, 8.5 % off; extrapolating the warm start from t − 4 and t − 2 saves 0.3 products at tol 1e-2 (3.12 →
         2.84); seeding with the second Ritz vector or the t − 1 eigenvector costs more products than it saves;
+      - a gap-aware stop, ρ²/γ ≤ ε with γ the relative gap of the top two Ritz values at the previous measurement
+        of the same parity (the Kato–Temple error estimate, in place of ρ ≤ tol): ε = 1e-3: 2.71 products, 8.9 % off
+        (it sits on the second eigenvector at steps 48–56; momentum trajectory: 4.21, 0.67 %); ε = 1e-2: 1.79
+        products, 12 % off (momentum: 2.58, 29 %);
       - one vmapped block of k products costs about k single ones on CPU, so block methods buy nothing (tried
         earlier: subspace iteration / Ritz + residual blocks, k = 2–8, had median deviations of 3–9 %).
     A switch is invisible to a residual test (the old vector is still an accurate eigenvector, of a lower
