@@ -73,7 +73,8 @@ Why the step-time target is not met on CPU (measured, not assumed)
       - a gap-aware stop, ρ²/γ ≤ ε with γ the relative gap of the top two Ritz values at the previous measurement
         of the same parity (the Kato–Temple error estimate, in place of ρ ≤ tol): ε = 1e-3: 2.71 products, 8.9 % off
         (it sits on the second eigenvector at steps 48–56; momentum trajectory: 4.21, 0.67 %); ε = 1e-2: 1.79
-        products, 12 % off (momentum: 2.58, 29 %);
+        products, 12 % off (momentum: 2.58, 29 %); used only to accept the first product when γ ≥ 0.05 (else
+        Lanczos to tol 1e-3): ε = 3e-3 accepts 30 % of steps, 4.87 products, 0.35 % off;
       - one vmapped block of k products costs about k single ones on CPU, so block methods buy nothing (tried
         earlier: subspace iteration / Ritz + residual blocks, k = 2–8, had median deviations of 3–9 %).
     A switch is invisible to a residual test (the old vector is still an accurate eigenvector, of a lower
