@@ -140,7 +140,8 @@ def main() -> int:
         f"optimizer.momentum={args.momentum}", "loss=mse", "data=fashion_mnist", f"data.root={DATA_ROOT}",
         f"data.num_examples={args.examples}", "data.batch_size=null", f"schedule.lr_trgt_scale={args.lr_scale}",
         f"schedule.warmup_steps={args.warmup_steps}", f"train.steps={steps}", f"train.chunk_steps={steps}",
-        "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"] + ([f"sharpness.tol={args.tol}"] if args.tol else []))
+        "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"]
+        + ([f"sharpness.tol={args.tol}"] if args.tol is not None else []))
     b = train.build(cfg)
     h, s = cfg.sharpness, cfg.schedule
     eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
