@@ -83,7 +83,7 @@ Why the step-time target is not met on CPU (measured, not assumed)
         steps); or a full solve only when the residual exceeds a or the top Ritz value on span{v, θ_t − θ_{t−1}}
         beats the Rayleigh quotient by 0.3 %. The update direction does overlap the new top eigenvector at the
         post-catapult switches (0.19–0.84), and sᵀHs comes free from the secant sᵀ(g_t − g_{t−1}). Measured:
-        a = 0.05: 2.76 products, 14 % off; a = 0.1: 2.15, 14 % off; with an exact product for sᵀHs: 2.77, 13 % off.
+        a = 0.05: 2.76 products, 14 % off; a = 0.1: 2.15, 14 % off; with an exact product for sᵀHs (and 1 %): 2.77, 13 % off.
     A switch is invisible to a residual test (the old vector is still an accurate eigenvector, of a lower
     eigenvalue) until enough products have grown the new direction, which is what the 1e-3 stop pays for.
     Measuring every k steps (`sharpness.every`) costs 1 + (r − 1)/k untracked steps for a tracked ratio r, so r ≈ 9
