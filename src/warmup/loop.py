@@ -156,8 +156,12 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
         solver = dict(method=cfg.sharpness_method, max_iters=cfg.sharpness_max_iters, tol=cfg.sharpness_tol)
         v0, pre_v0 = _warm_start(state.eigvec, state.step), _warm_start(state.pre_eigvec, state.step)
 
-        gradient = lambda: jax.value_and_grad(batch_loss, has_aux=True)(state.params)
         update = lambda grads: tx.update(grads, state.opt_state, state.params)
+
+        def plain_step():
+            value, grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+            return (value, grads, *update(grads))
+
         skipped = lambda: (_skipped(v0), _skipped(pre_v0))
         due = live & (state.step % max(cfg.sharpness_every, 1) == 0)
 
@@ -181,16 +185,10 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
                 updates, opt_state = update(grads)
                 return value, grads, updates, opt_state, curvature_of(hessian, opt_state)
 
-            def step_without_curvature():
-                value, grads = gradient()
-                updates, opt_state = update(grads)
-                return value, grads, updates, opt_state, skipped()
-
-            (loss, logits), grads, updates, opt_state, (eig, pre_eig) = when(due, step_with_curvature,
-                                                                             step_without_curvature)
+            (loss, logits), grads, updates, opt_state, (eig, pre_eig) = when(
+                due, step_with_curvature, lambda: (*plain_step(), skipped()))
         else:
-            (loss, logits), grads = gradient()
-            updates, opt_state = update(grads)
+            (loss, logits), grads, updates, opt_state = plain_step()
             if cfg.sharpness_every > 0:
                 def measure():
                     measure_loss = lambda p: mean_loss(apply_fn, loss_fn, p, arrays.x_measure, arrays.y_measure)[0]
