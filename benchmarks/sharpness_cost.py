@@ -157,7 +157,7 @@ def main() -> int:
                                       exponent=s.exponent, decay_power=0.0, total_steps=steps,
                                       lr_min_ratio=s.lr_min_ratio)
     flat0, unravel = ravel_pytree(b.params)
-    measure_loss = lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    measure_loss = train.measurement_loss(b)
     first_loss = float(measure_loss(b.params))
     loss_bound = cfg.train.divergence_factor * first_loss
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; FCN-{cfg.model.depth}-{cfg.model.width} SP "

@@ -86,7 +86,7 @@ def framework_runner(cfg, b: train.Built, steps: int):
     flat, _ = ravel_pytree(b.params)
     eigvec = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
     eigvec = eigvec / jnp.linalg.norm(eigvec)
-    first_loss = float(loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure, b.arrays.y_measure)[0])
+    first_loss = float(train.measurement_loss(b)(b.params))
     loss_bound = cfg.train.divergence_factor * first_loss
 
     def fresh_state():

@@ -103,8 +103,7 @@ class _Seed:
         h, b = cfg.sharpness, self.built
         self.eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
         self.lambda0 = float(self.eig0.value)
-        self.first_loss = float(loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure,
-                                               b.arrays.y_measure)[0])
+        self.first_loss = float(train.measurement_loss(b)(b.params))
 
 
 def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) -> list[dict]:

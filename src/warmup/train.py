@@ -277,7 +277,7 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
 
     chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx, b.lr_multipliers)
     state = loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector)
-    first_loss = loop.mean_loss(b.model.apply, b.loss_fn, b.params, b.arrays.x_measure, b.arrays.y_measure)[0]
+    first_loss = measurement_loss(b)(b.params)
     loss_bound = cfg.train.divergence_factor * float(first_loss)
     bar = tqdm(total=steps, unit="step", disable=None if cfg.train.progress else True, dynamic_ncols=True, leave=False)
     chunks = []
