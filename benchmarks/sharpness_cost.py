@@ -20,11 +20,12 @@ What is measured
     Runs of the real loop (all from the same initial state, key and schedule):
       untracked  sharpness.every=0, one chunk of STEPS steps;
       tracked    sharpness.every=1 (default tracker), one chunk of STEPS steps;
+      amortised  sharpness.every=k (`--every`, default 4), one chunk of STEPS steps;
       replay     the tracked config with chunk_steps=1: `state.params` is kept after every chunk, giving θ_0…θ_{T−1}
                  (the parameters at which step t measures λᴴ), with the tracker's own λᴴ_t and HVP counts.
       (tracked and replay run the same per-step math; the printed loss-curve difference checks it.)
-    Timing: each chunk fn is compiled by an untimed warm-up call; untracked and tracked are then timed over REPS
-    repetitions of the full STEPS steps, interleaved (U T, T U, …) because the machine is shared, medians reported.
+    Timing: each chunk fn is compiled by an untimed warm-up call; the loops are then timed over REPS repetitions of
+    the full STEPS steps, interleaved in rotated order because the machine is shared, medians reported.
     (a) cannot run inside the loop (the loop warm-starts; the paper restarts from a fixed vector), so it is timed
     as a jitted standalone solve per θ_t, and its "tracked step" is untracked step + that solve. For
     apples-to-apples per-measurement seconds, (b) is also timed as a standalone jitted warm-started chain.
@@ -86,8 +87,8 @@ Why the step-time target is not met on CPU (measured, not assumed)
         a = 0.05: 2.76 products, 14 % off; a = 0.1: 2.15, 14 % off; with an exact product for sᵀHs (and 1 %): 2.77, 13 % off.
     A switch is invisible to a residual test (the old vector is still an accurate eigenvector, of a lower
     eigenvalue) until enough products have grown the new direction, which is what the 1e-3 stop pays for.
-    Measuring every k steps (`sharpness.every`) costs 1 + (r − 1)/k untracked steps for a tracked ratio r, so r ≈ 9
-    is within 3x from k = 4 on (arithmetic, not a timing).
+    Measuring every k steps (`sharpness.every=k`) costs about 1 + (r − 1)/k untracked steps for a tracked ratio r: the
+    amortised loop (`--every`, default 4) is timed alongside the others and printed with its deviation.
 
 How to run (CPU; about 2 minutes on 2 shared cores, `--quick` (100 steps) about 1.5 minutes):
     .venv/bin/python benchmarks/sharpness_cost.py [--quick] [--reps N] [--a-stride K] [--steps T] [--warmup-steps T_wrm]
@@ -135,6 +136,7 @@ def main() -> int:
     parser.add_argument("--lr-scale", type=float, default=32.0, help="c in η_trgt = c/λ₀ᴴ (default 32)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions of each loop (default 3, quick 2)")
     parser.add_argument("--a-stride", type=int, default=None, help="(a) on every k-th step (default 20, quick 25)")
+    parser.add_argument("--every", type=int, default=4, help="k of the amortised loop, sharpness.every=k (default 4)")
     args = parser.parse_args()
     reps = args.reps or (2 if args.quick else 3)
     stride = args.a_stride or (25 if args.quick else 20)
@@ -176,6 +178,8 @@ def main() -> int:
     chunk_1 = loop.make_chunk_fn(dataclasses.replace(cfg_tracked, chunk_steps=1), b.model.apply, b.loss_fn, b.tx)
     cfg_one_product = dataclasses.replace(cfg_tracked, sharpness_method="power", sharpness_max_iters=1, sharpness_tol=0.0)
     chunk_p = loop.make_chunk_fn(cfg_one_product, b.model.apply, b.loss_fn, b.tx)  # exactly one HVP per step
+    chunk_k = loop.make_chunk_fn(dataclasses.replace(cfg_tracked, sharpness_every=args.every), b.model.apply,
+                                 b.loss_fn, b.tx)
 
     def fresh_state():
         return jax.block_until_ready(loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector))
@@ -195,20 +199,19 @@ def main() -> int:
         return seconds, rows, params[:-1]  # θ_0 … θ_{T−1}: the parameters each step measures at
 
     t0 = time.perf_counter()
-    loops = {"u": chunk_u, "t": chunk_t, "p": chunk_p}
+    loops = {"u": chunk_u, "t": chunk_t, "p": chunk_p, "k": chunk_k}
     for fn in loops.values():
         run_loop(fn)
-    print(f"compile + first run of the three loops: {time.perf_counter() - t0:.1f} s")
-    times = {tag: [] for tag in loops}
+    print(f"compile + first run of the {len(loops)} loops: {time.perf_counter() - t0:.1f} s")
+    times, rows_of = {tag: [] for tag in loops}, {}
     for r in range(reps):
         order = list(loops.items())
-        for tag, fn in order[r % 3:] + order[:r % 3]:
-            seconds, rows, _ = run_loop(fn)
+        for tag, fn in order[r % len(order):] + order[:r % len(order)]:
+            seconds, rows_of[tag], _ = run_loop(fn)
             times[tag].append(seconds / steps)
-            if tag == "t":
-                tracked_rows = rows
+    tracked_rows = rows_of["t"]
     times_u, times_t = times["u"], times["t"]
-    step_u, step_t, step_p = (statistics.median(times[tag]) for tag in loops)
+    step_u, step_t, step_p, step_k = (statistics.median(times[tag]) for tag in loops)
     _, replay, thetas = run_loop(chunk_1, keep_params=True)
     assert len(thetas) == steps == len(replay["sharpness"]), (len(thetas), len(replay["sharpness"]))
     curve_diff = float(np.max(np.abs(replay["train_loss"] - tracked_rows["train_loss"]) /
@@ -330,6 +333,13 @@ def main() -> int:
           f"products per step (1: {np.mean(oracle == 1):.0%} of steps, 2: {np.mean(oracle == 2):.0%}, "
           f"≥ 3: {np.mean(oracle >= 3):.0%}), i.e. ≈ {1 + oracle.mean() * product_cost:.2f}× at that cost; "
           f"a real tracker must also keep its own vector that good and cannot see λ_ref")
+
+    measured_k = np.isfinite(rows_of["k"]["sharpness"])
+    dev_k = np.abs(rows_of["k"]["sharpness"][measured_k] - lam_ref[measured_k]) / lam_ref[measured_k]
+    print(f"amortised: sharpness.every={args.every} (the default tracker on {measured_k.sum()} of {steps} steps, warm-started "
+          f"from the last measurement of the same parity) costs {step_k / step_u:.2f}× an untracked step per step "
+          f"(median {ms(step_k)}); max deviation at its measured steps {100 * dev_k.max():.2g}%, "
+          f"{np.mean(rows_of['k']['sharpness_iters'][measured_k]):.2f} HVPs per measurement")
 
     hvp_ratio = np.mean(hvp_a) / np.mean(hvp_b)
     ok1 = hvp_ratio >= HVP_RATIO_TARGET and dev_b.max() <= DEVIATION_TARGET
