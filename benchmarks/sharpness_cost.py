@@ -138,6 +138,8 @@ def main() -> int:
     parser.add_argument("--a-stride", type=int, default=None, help="(a) on every k-th step (default 20, quick 25)")
     parser.add_argument("--every", type=int, default=4, help="k of the amortised loop, sharpness.every=k (default 4)")
     args = parser.parse_args()
+    if args.every < 1:
+        parser.error(f"--every must be ≥ 1 (the amortised loop measures every k-th step), got {args.every}")
     reps = args.reps or (2 if args.quick else 3)
     stride = args.a_stride or (25 if args.quick else 20)
     steps = args.steps or (100 if args.quick else 200)

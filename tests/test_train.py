@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -101,6 +102,17 @@ def assert_one_line_error(result, words):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for word in words:
         assert word in lines[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sharpness.tol=-1", "sharpness.tol=-1: must be a number >= 0"),
+    ("sharpness.init_tol=abc", "sharpness.init_tol=abc: must be a number >= 0"),
+    ("sharpness.max_iters=0", "sharpness.max_iters=0: must be an integer >= 1"),
+    ("sharpness.init_max_iters=2.5", "sharpness.init_max_iters=2.5: must be an integer >= 1"),
+])
+def test_bad_solver_knobs_name_key_and_value(override, message):
+    with pytest.raises(train.ConfigError, match="^" + re.escape(message)):
+        train.validate(compose_config(["schedule.lr_trgt=0.1", override]))
 
 
 @pytest.mark.parametrize("args, words", [

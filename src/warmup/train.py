@@ -92,7 +92,12 @@ def validate(cfg: DictConfig) -> None:
     _require(h.method in curvature.METHODS,
              f"sharpness.method={h.method}: unknown; allowed: {', '.join(curvature.METHODS)}")
     _require(isinstance(h.every, int) and h.every >= 0, f"sharpness.every={h.every}: must be an integer >= 0 (0 = off)")
-    _require(h.max_iters >= 1 and h.init_max_iters >= 1, "sharpness.max_iters / sharpness.init_max_iters: must be >= 1")
+    for key in ("max_iters", "init_max_iters"):
+        _require(isinstance(h[key], int) and h[key] >= 1, f"sharpness.{key}={h[key]}: must be an integer >= 1")
+    for key in ("tol", "init_tol"):
+        _require(isinstance(h[key], (int, float)) and h[key] >= 0,
+                 f"sharpness.{key}={h[key]}: must be a number >= 0 (the relative residual that stops the solver; "
+                 f"0 = always max_iters)")
     _require(h.dtype in curvature.DTYPES, f"sharpness.dtype={h.dtype}: unknown; allowed: {', '.join(curvature.DTYPES)}")
 
 
