@@ -100,6 +100,14 @@ def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, cap
     assert_same_run(dirs[1], summaries[1], batched_dirs[1], batched[1])
 
 
+def test_relaunch_with_another_config_stops_before_training(grid, data_root):
+    cfgs, batched_dirs, _, _, _ = grid
+    before = [(d / "metrics.csv").read_text() for d in batched_dirs]
+    with pytest.raises(train.ConfigError, match="^sharpness.every=1: .*cell0 holds a finished run with sharpness.every=5"):
+        sweep.run_batched(configs(data_root, extra=("sharpness.every=1",)), batched_dirs)
+    assert [(d / "metrics.csv").read_text() for d in batched_dirs] == before
+
+
 @pytest.mark.parametrize("override, key", [
     ("model.width=16", "model.width"),
     ("optimizer=adam", "optimizer.name"),

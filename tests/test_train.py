@@ -90,6 +90,20 @@ def test_finished_run_is_skipped(run, data_root, tmp_path):
     assert (run_dir / "metrics.csv").read_text() == before
 
 
+def test_finished_run_of_another_config_is_an_error_not_a_skip(run, data_root, tmp_path):
+    run_dir, summary = run("schedule.lr_trgt=0.05")
+    before = (run_dir / "metrics.csv").read_text()
+    changed = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05", "model.width=16"])
+    with pytest.raises(train.ConfigError, match=f"^model.width=16: {re.escape(str(run_dir))} holds a finished run "
+                                                "with model.width=32; launch into another"):
+        train.execute(changed, run_dir)
+    # where the data lies, progress bars and chunking do not change the numbers: still the same run
+    same = compose_config([*TINY, f"data.root={tmp_path}", "schedule.lr_trgt=0.05", "train.chunk_steps=5",
+                           "train.progress=true"])
+    assert train.execute(same, run_dir) == summary
+    assert (run_dir / "metrics.csv").read_text() == before
+
+
 def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "warmup.train", *args], capture_output=True, text=True,
                           env={**CLI_ENV, **(env or {})}, timeout=120)
@@ -105,12 +119,19 @@ def assert_one_line_error(result, words):
 
 
 @pytest.mark.parametrize("override, message", [
+    ("model.width=0", "model.width=0: must be an integer >= 1"),
+    ("seed=abc", "seed=abc: must be an integer"),
+    ("train.eval_batch=0", "train.eval_batch=0: must be an integer >= 1"),
+    ("schedule.decay=maybe", "schedule.decay=maybe: must be true or false"),
+    ("param.full_mup=1", "param.full_mup=1: must be true or false"),
+    ("data.augment.flip=maybe", "data.augment.flip=maybe: must be true or false"),
+    ("data.augment.mixup_alpha=-1", "data.augment.mixup_alpha=-1: must be >= 0"),
     ("sharpness.tol=-1", "sharpness.tol=-1: must be a number >= 0"),
     ("sharpness.init_tol=abc", "sharpness.init_tol=abc: must be a number >= 0"),
     ("sharpness.max_iters=0", "sharpness.max_iters=0: must be an integer >= 1"),
     ("sharpness.init_max_iters=2.5", "sharpness.init_max_iters=2.5: must be an integer >= 1"),
 ])
-def test_bad_solver_knobs_name_key_and_value(override, message):
+def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(train.ConfigError, match="^" + re.escape(message)):
         train.validate(compose_config(["schedule.lr_trgt=0.1", override]))
 

@@ -125,10 +125,8 @@ def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) ->
     summaries: list[dict | None] = [None] * len(cfgs)
     todo = []
     for i, d in enumerate(run_dirs):
-        if records.is_finished(d):
-            summaries[i] = records.read_summary(d)
-            print(f"{d}: already finished ({summaries[i]['status']}), skipped")
-        else:
+        summaries[i] = train.finished_summary(cfgs[i], d)
+        if summaries[i] is None:
             todo.append(i)
     if todo:
         for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo])):

@@ -60,6 +60,14 @@ def validate(cfg: DictConfig) -> None:
              f"schedule.search_check_steps={s.search_check_steps}: must be an integer >= 0 (0 = no check)")
     t = cfg.train
     _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
+    _require(isinstance(t.eval_batch, int) and t.eval_batch >= 1,
+             f"train.eval_batch={t.eval_batch}: must be an integer >= 1")
+    _require(isinstance(cfg.seed, int), f"seed={cfg.seed}: must be an integer")
+    _require(isinstance(cfg.model.width, int) and cfg.model.width >= 1,
+             f"model.width={cfg.model.width}: must be an integer >= 1")
+    for key in ("param.full_mup", "schedule.decay", "train.progress"):
+        value = OmegaConf.select(cfg, key)
+        _require(isinstance(value, bool), f"{key}={value}: must be true or false")
     _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
              f"train.chunk_steps={t.chunk_steps}: must be an integer >= 1")
     _require(isinstance(t.scan_unroll, int) and t.scan_unroll >= 1,
@@ -88,6 +96,8 @@ def validate(cfg: DictConfig) -> None:
             _require(d.batch_size <= d.num_examples, f"data.batch_size={d.batch_size}: must be <= "
                      f"data.num_examples={d.num_examples} (or null = full batch)")
         _require(d.augment.crop >= 0, f"data.augment.crop={d.augment.crop}: must be >= 0 pixels")
+        _require(isinstance(d.augment.flip, bool), f"data.augment.flip={d.augment.flip}: must be true or false")
+        _require(d.augment.mixup_alpha >= 0, f"data.augment.mixup_alpha={d.augment.mixup_alpha}: must be >= 0 (0 = off)")
     h = cfg.sharpness
     _require(h.method in curvature.METHODS,
              f"sharpness.method={h.method}: unknown; allowed: {', '.join(curvature.METHODS)}")
@@ -253,11 +263,33 @@ def _nan_to_none(x) -> float | None:
     return None if not math.isfinite(x) else x
 
 
+_NOT_A_RESULT = ("data.root", "train.progress", "train.chunk_steps", "train.scan_unroll", "train.skip_above")
+
+
+def finished_summary(cfg: DictConfig, run_dir: pathlib.Path) -> dict | None:
+    """The summary of the finished run in `run_dir` (printed as skipped), or None if there is none.
+
+    A finished run of another config is a ConfigError, not a skip: relaunching into a record with changed settings
+    would otherwise return the old results under the new ones. Keys that do not change the numbers (`_NOT_A_RESULT`)
+    and keys only one side has (a record written before the key existed) are not compared."""
+    if not records.is_finished(run_dir):
+        return None
+    summary = records.read_summary(run_dir)
+    if (run_dir / "config.yaml").exists():
+        stored = records.flat_config(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+        given = records.flat_config(OmegaConf.to_container(cfg, resolve=True))
+        for key in sorted(stored.keys() & given.keys() - set(_NOT_A_RESULT)):
+            _require(stored[key] == given[key],
+                     f"{key}={given[key]}: {run_dir} holds a finished run with {key}={stored[key]}; "
+                     "launch into another hydra.run.dir / hydra.sweep.dir, or remove that record")
+    print(f"{run_dir}: already finished ({summary['status']}), skipped")
+    return summary
+
+
 def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
-    """Train one run into `run_dir`; a run already finished there is not redone."""
-    if records.is_finished(run_dir):
-        print(f"{run_dir}: already finished ({records.read_summary(run_dir)['status']}), skipped")
-        return records.read_summary(run_dir)
+    """Train one run into `run_dir`; a run already finished there (with the same config) is not redone."""
+    if (summary := finished_summary(cfg, run_dir)) is not None:
+        return summary
     start = time.perf_counter()
     validate(cfg)
     if cfg.train.skip_above is not None and (stopper := smaller_lr_that_stopped(cfg, run_dir)):

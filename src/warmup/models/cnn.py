@@ -14,7 +14,7 @@ from warmup.models.parameterization import Conv, Dense
 
 def convs_per_stage(depth: int) -> tuple[int, int, int]:
     if depth < 4:
-        raise ValueError(f"CNN depth (number of conv layers) must be >= 4, got {depth}")
+        raise ValueError(f"model.depth={depth}: a CNN needs >= 4 conv layers")
     base, extra = divmod(depth - 1, 3)
     return tuple(base + (stage < extra) for stage in range(3))
 

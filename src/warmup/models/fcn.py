@@ -16,7 +16,7 @@ class FCN(nn.Module):
 
     def __post_init__(self):
         if self.depth < 1:
-            raise ValueError(f"FCN depth must be >= 1, got {self.depth}")
+            raise ValueError(f"model.depth={self.depth}: must be >= 1")
         super().__post_init__()
 
     @nn.compact

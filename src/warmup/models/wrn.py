@@ -20,7 +20,7 @@ STEM_CHANNELS = 16
 
 def blocks_per_stage(depth: int) -> int:
     if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, …), got {depth}")
+        raise ValueError(f"model.depth={depth}: a WRN needs 6n + 4 with n >= 1 (10, 16, 22, …)")
     return (depth - 4) // 6
 
 
