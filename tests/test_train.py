@@ -91,15 +91,16 @@ def test_finished_run_is_skipped(run, data_root, tmp_path):
 
 
 def test_finished_run_of_another_config_is_an_error_not_a_skip(run, data_root, tmp_path):
-    run_dir, summary = run("schedule.lr_trgt=0.05")
+    run_dir, summary = run("schedule.lr_trgt=0.05", "+exp.title=original")
     before = (run_dir / "metrics.csv").read_text()
-    changed = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05", "model.width=16"])
+    changed = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05", "+exp.title=original",
+                              "model.width=16"])
     with pytest.raises(train.ConfigError, match=f"^model.width=16: {re.escape(str(run_dir))} holds a finished run "
                                                 "with model.width=32; launch into another"):
         train.execute(changed, run_dir)
-    # where the data lies, progress bars and chunking do not change the numbers: still the same run
+    # where the data lies, progress bars, chunking and the figure's labels do not change the numbers
     same = compose_config([*TINY, f"data.root={tmp_path}", "schedule.lr_trgt=0.05", "train.chunk_steps=5",
-                           "train.progress=true"])
+                           "train.progress=true", "+exp.title=relabelled"])
     assert train.execute(same, run_dir) == summary
     assert (run_dir / "metrics.csv").read_text() == before
 

@@ -263,22 +263,23 @@ def _nan_to_none(x) -> float | None:
     return None if not math.isfinite(x) else x
 
 
-_NOT_A_RESULT = ("data.root", "train.progress", "train.chunk_steps", "train.scan_unroll", "train.skip_above")
+_NOT_A_RESULT = ("data.root", "train.progress", "train.chunk_steps", "train.scan_unroll", "exp.")
 
 
 def finished_summary(cfg: DictConfig, run_dir: pathlib.Path) -> dict | None:
     """The summary of the finished run in `run_dir` (printed as skipped), or None if there is none.
 
     A finished run of another config is a ConfigError, not a skip: relaunching into a record with changed settings
-    would otherwise return the old results under the new ones. Keys that do not change the numbers (`_NOT_A_RESULT`)
-    and keys only one side has (a record written before the key existed) are not compared."""
+    would otherwise return the old results under the new ones. Keys that do not change the numbers (`_NOT_A_RESULT`;
+    `exp.` is the figure's description, whose numbers reach the run through the keys they set) and keys only one side
+    has (a record written before the key existed) are not compared."""
     if not records.is_finished(run_dir):
         return None
     summary = records.read_summary(run_dir)
     if (run_dir / "config.yaml").exists():
         stored = records.flat_config(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
         given = records.flat_config(OmegaConf.to_container(cfg, resolve=True))
-        for key in sorted(stored.keys() & given.keys() - set(_NOT_A_RESULT)):
+        for key in sorted(k for k in stored.keys() & given.keys() if not k.startswith(_NOT_A_RESULT)):
             _require(stored[key] == given[key],
                      f"{key}={given[key]}: {run_dir} holds a finished run with {key}={stored[key]}; "
                      "launch into another hydra.run.dir / hydra.sweep.dir, or remove that record")
