@@ -115,6 +115,18 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
             assert all(grid.mask[a, 1] or marks.get((a, 1)) == "F" for a in range(2))
         assert any(line.get_color() in ("red", "black") for line in ax.lines)
 
+    # a relaunch that only relabels the figure trains nothing and renders the new description
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")}
+    png = (tmp_path / "figures" / f"{name}.png").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "warmup.train", *args, "exp.title=Relabelled"], cwd=tmp_path,
+                            capture_output=True, text=True, env=CLI_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("already finished") == len(before)
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")} == before
+    assert (tmp_path / "figures" / f"{name}.png").read_bytes() != png  # rendering is deterministic: the title changed
+    assert plots.experiment_figure(sweep, {**cfg.exp, "title": "Relabelled"})[0].get_suptitle() == "Relabelled"
+    assert fig.get_suptitle() != "Relabelled"
+
 
 def test_phase_diagram_marks_statuses_draws_boundaries_and_shares_the_colour_scale():
     rows = []

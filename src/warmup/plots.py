@@ -237,12 +237,13 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     return fig
 
 
-def experiment_figure(sweep_dir):
-    """The figure an experiment's runs ask for (their config's `exp` node), and the experiment's name."""
+def experiment_figure(sweep_dir, exp: dict | None = None):
+    """The figure an experiment asks for, and its name: `exp` is the figure's description (an `exp` config node);
+    by default the one its runs recorded."""
     runs = load_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"{sweep_dir}: no run records (config.yaml + metrics.csv) below it")
-    exp = runs[0].config["exp"]
+    exp = exp or runs[0].config["exp"]
     if exp.get("kind", "trajectory") == "phase":
         fig = phase_diagram(collect.collect(sweep_dir), value=exp["value"], x=exp["x"], y=exp.get("y", "warmup_steps"),
                             rows_by=exp.get("rows_by"), cols_by=exp.get("cols_by"), title=exp.get("title", ""))
@@ -253,9 +254,9 @@ def experiment_figure(sweep_dir):
     return fig, exp["name"]
 
 
-def render_experiment(sweep_dir, figure_dir="figures") -> pathlib.Path:
-    """Render an experiment's figure into `figure_dir/<exp.name>.png`."""
-    fig, name = experiment_figure(sweep_dir)
+def render_experiment(sweep_dir, figure_dir="figures", exp: dict | None = None) -> pathlib.Path:
+    """Render an experiment's figure into `figure_dir/<exp.name>.png` (`exp` as in `experiment_figure`)."""
+    fig, name = experiment_figure(sweep_dir, exp)
     path = save(fig, pathlib.Path(figure_dir) / f"{name}.png")
     print(f"figure: {path}")
     return path
@@ -268,10 +269,11 @@ except ImportError:  # pragma: no cover - hydra is a dependency; plots stay impo
 
 
 class RenderFigure(Callback):
-    """Hydra callback: when an `+exp=figN` sweep ends, render its figure from the records it wrote."""
+    """Hydra callback: when an `+exp=figN` sweep ends, render its figure from the records it wrote, as the launch's
+    `exp` node describes it (a relaunch that only changes the figure's description re-renders without retraining)."""
 
     def __init__(self, figure_dir: str = "figures"):
         self.figure_dir = figure_dir
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        render_experiment(config.hydra.sweep.dir, self.figure_dir)
+        render_experiment(config.hydra.sweep.dir, self.figure_dir, OmegaConf.to_container(config.exp, resolve=True))
