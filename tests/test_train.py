@@ -166,11 +166,25 @@ def test_sharpness_dtype_must_be_float32_or_float64():
     (["schedule.lr_trgt=0.1,0.2", "schedule.nonsense=1"], ["schedule.nonsense"]),
     (["--multirun", "schedule.lr_trgt=0.1", "model.width=range(2,4)", "data=pydoc", "data.num_examples=64"],
      ["data.num_examples"]),
+    (["--multirun", "schedule.lr_trgt=0.1", "schedule.warmup_steps=1,0"], ["schedule.warmup_steps=0", ">= 1"]),
+    (["+exp=fig3_cpu", "schedule.lr_trgt_scale=1,-2"], ["schedule.lr_trgt_scale=-2", "> 0"]),
 ])
 def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_path):
     result = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
     assert_one_line_error(result, words)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_precheck_validates_every_value_of_an_experiments_grid(monkeypatch):
+    seen = []
+    monkeypatch.setattr(train, "validate", lambda cfg: seen.append(
+        (cfg.param.name, cfg.loss.name, cfg.schedule.warmup_steps, cfg.schedule.lr_trgt_scale)))
+    train.precheck(["+exp=fig3_cpu", "schedule.warmup_steps=2,3"])  # the command line replaces the grid's T_wrm
+    grid = compose_config(["+exp=fig3_cpu"], with_hydra=True).hydra.sweeper.params
+    for i, (key, values) in enumerate([("param", grid.param), ("loss", grid.loss), ("schedule.warmup_steps", "2,3"),
+                                       ("schedule.lr_trgt_scale", grid["schedule.lr_trgt_scale"])]):
+        as_seen = float if i == 3 else str
+        assert {as_seen(v[i]) for v in seen} == {as_seen(x) for x in str(values).split(",")}, key
 
 
 def test_precheck_passes_valid_sweeps_and_leaves_glob_and_interval_to_hydra():

@@ -516,33 +516,67 @@ def _group_options(group: str) -> list[str]:
 
 
 def precheck(overrides: list[str]) -> None:
-    """Compose the config once before Hydra does, so an unknown option or key is one line, not a traceback.
-    A sweep (`k=a,b`, `k=range(…)`, `k=choice(…)`) has each of its values checked against a config group's options
-    and is composed with its first value; other sweeps (`interval(…)`, `glob(…)`) are left to Hydra."""
+    """Compose and validate the config before Hydra runs anything, so bad input is one line, not a traceback or a
+    sweep that stops half-way. Every value of a sweep — on the command line (`k=a,b`, `k=range(…)`, `k=choice(…)`) or
+    in an experiment's grid (`hydra.sweeper.params`, for keys the command line does not set) — is checked: a config
+    group's against its options, then each value composed (groups) or set (other keys), the other sweeps at their
+    first values, and validated. With an `interval(…)` or `glob(…)` sweep, which only Hydra expands, only the
+    composition is checked."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob, OverrideType
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    def check_options(key, values):
+        if (CONFIG_DIR / key).is_dir():
+            for value in values:
+                if value not in _group_options(key):
+                    fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
+
     try:
-        parsed = OverridesParser.create().parse_overrides(
-            [o for o in overrides if not o.startswith("hydra.") and not o.startswith("hydra/")])
-        plain = []
+        parser = OverridesParser.create()
+        parsed = parser.parse_overrides([o for o in overrides if not o.startswith(("hydra.", "hydra/"))])
+        plain, sweeps, hydra_expands = [], [], False
         for override in parsed:
             key = override.get_key_element()
-            sweep = override.is_sweep_override()
-            if sweep and (not override.is_discrete_sweep() or isinstance(override.value(), Glob)):
-                continue
-            values = list(override.sweep_string_iterator()) if sweep else [override.input_line.partition("=")[2]]
-            group = key.lstrip("+~")
-            checked = (CONFIG_DIR / group).is_dir() and override.type != OverrideType.DEL
-            for value in values if checked else []:
-                if value not in _group_options(group):
-                    fail(f"{group}={value}: unknown option; allowed: {', '.join(_group_options(group))}")
-            plain.append(f"{key}={values[0]}" if sweep else override.input_line)
+            if override.is_sweep_override():
+                if not override.is_discrete_sweep() or isinstance(override.value(), Glob):
+                    hydra_expands = True
+                    continue
+                sweeps.append(override)
+                plain.append(f"{key}={next(override.sweep_string_iterator())}")
+            else:
+                plain.append(override.input_line)
+            if override.type != OverrideType.DEL:
+                check_options(key.lstrip("+~"), list(override.sweep_string_iterator()) if override.is_sweep_override()
+                              else [override.input_line.partition("=")[2]])
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name="train", overrides=plain)
+            given = {o.get_key_element().lstrip("+~") for o in parsed}
+            grid = compose(config_name="train", overrides=plain, return_hydra_config=True).hydra.sweeper.params or {}
+            grid = parser.parse_overrides([f"{k}={v}" for k, v in grid.items() if k not in given])
+            for override in grid:
+                check_options(override.get_key_element(), list(override.sweep_string_iterator()))
+            sweeps += grid
+            base = plain + [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" for o in grid]
+            cfg = compose(config_name="train", overrides=base)
+            if hydra_expands:
+                return
+            validate(cfg)
+            for override in sweeps:
+                key = override.get_key_element().lstrip("+~")
+                if (CONFIG_DIR / key).is_dir():
+                    others = [o for o in base if o.partition("=")[0].lstrip("+~") != key]
+                    for value in list(override.sweep_string_iterator())[1:]:
+                        validate(compose(config_name="train", overrides=[*others, f"{key}={value}"]))
+                else:
+                    first = OmegaConf.select(cfg, key)
+                    for value in list(override.sweep_iterator())[1:]:
+                        OmegaConf.update(cfg, key, value, force_add=True)
+                        validate(cfg)
+                    OmegaConf.update(cfg, key, first, force_add=True)
+    except ConfigError as err:
+        fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
         fail(re.sub(r"\s+", " ", str(err)).strip())
 
