@@ -534,39 +534,44 @@ def precheck(overrides: list[str]) -> None:
                 if value not in _group_options(key):
                     fail(f"{key}={value}: unknown option; allowed: {', '.join(_group_options(key))}")
 
+    def split_sweeps(parsed, plain, sweeps) -> bool:
+        """Plain overrides into `plain`, enumerable sweeps into `sweeps` (and their first value into `plain`);
+        whether all were enumerable (not a sweep only Hydra expands)."""
+        hydra_expands = False
+        for override in parsed:
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                plain.append(override.input_line)
+                values = [override.get_value_element_as_str()]
+            elif override.is_discrete_sweep() and not isinstance(override.value(), Glob):
+                sweeps.append(override)
+                values = list(override.sweep_string_iterator())
+                plain.append(f"{key}={values[0]}")
+            else:
+                hydra_expands = True
+                continue
+            if override.type != OverrideType.DEL:
+                check_options(key.lstrip("+~"), values)
+        return not hydra_expands
+
     try:
         parser = OverridesParser.create()
         parsed = parser.parse_overrides([o for o in overrides if not o.startswith(("hydra.", "hydra/"))])
-        plain, sweeps, hydra_expands = [], [], False
-        for override in parsed:
-            key = override.get_key_element()
-            if override.is_sweep_override():
-                if not override.is_discrete_sweep() or isinstance(override.value(), Glob):
-                    hydra_expands = True
-                    continue
-                sweeps.append(override)
-                plain.append(f"{key}={next(override.sweep_string_iterator())}")
-            else:
-                plain.append(override.input_line)
-            if override.type != OverrideType.DEL:
-                check_options(key.lstrip("+~"), list(override.sweep_string_iterator()) if override.is_sweep_override()
-                              else [override.input_line.partition("=")[2]])
+        plain, sweeps = [], []
+        enumerable = split_sweeps(parsed, plain, sweeps)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             given = {o.get_key_element().lstrip("+~") for o in parsed}
             grid = compose(config_name="train", overrides=plain, return_hydra_config=True).hydra.sweeper.params or {}
-            grid = parser.parse_overrides([f"{k}={v}" for k, v in grid.items() if k not in given])
-            for override in grid:
-                check_options(override.get_key_element(), list(override.sweep_string_iterator()))
-            sweeps += grid
-            base = plain + [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" for o in grid]
-            cfg = compose(config_name="train", overrides=base)
-            if hydra_expands:
+            enumerable &= split_sweeps(parser.parse_overrides([f"{k}={v}" for k, v in grid.items() if k not in given]),
+                               plain, sweeps)
+            cfg = compose(config_name="train", overrides=plain)
+            if not enumerable:
                 return
             validate(cfg)
             for override in sweeps:
                 key = override.get_key_element().lstrip("+~")
                 if (CONFIG_DIR / key).is_dir():
-                    others = [o for o in base if o.partition("=")[0].lstrip("+~") != key]
+                    others = [o for o in plain if o.partition("=")[0].lstrip("+~") != key]
                     for value in list(override.sweep_string_iterator())[1:]:
                         validate(compose(config_name="train", overrides=[*others, f"{key}={value}"]))
                 else:
