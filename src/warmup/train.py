@@ -562,8 +562,8 @@ def precheck(overrides: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             given = {o.get_key_element().lstrip("+~") for o in parsed}
             grid = compose(config_name="train", overrides=plain, return_hydra_config=True).hydra.sweeper.params or {}
-            enumerable &= split_sweeps(parser.parse_overrides([f"{k}={v}" for k, v in grid.items() if k not in given]),
-                               plain, sweeps)
+            grid = parser.parse_overrides([f"{k}={v}" for k, v in grid.items() if k not in given])
+            enumerable &= split_sweeps(grid, plain, sweeps)
             cfg = compose(config_name="train", overrides=plain)
             if not enumerable:
                 return
