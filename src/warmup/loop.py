@@ -88,6 +88,12 @@ def mean_loss(apply_fn, loss_fn, params, x, y):
     return jnp.mean(loss_fn(logits, y)), logits
 
 
+def measurement_loss(apply_fn, loss_fn, arrays: Arrays):
+    """`params -> L(params)` on the measurement batch (the training set for full-batch runs): where λᴴ is measured
+    and catapults are judged."""
+    return lambda params: mean_loss(apply_fn, loss_fn, params, arrays.x_measure, arrays.y_measure)[0]
+
+
 def pad_for_eval(x, y, eval_batch: int):
     """Pad (x, y) to whole evaluation batches; the weights mark the real examples."""
     n = x.shape[0]
@@ -191,10 +197,10 @@ def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: op
             (loss, logits), grads, updates, opt_state = plain_step()
             if cfg.sharpness_every > 0:
                 def measure():
-                    measure_loss = lambda p: mean_loss(apply_fn, loss_fn, p, arrays.x_measure, arrays.y_measure)[0]
                     with curvature.precision(cfg.sharpness_dtype):
                         params = curvature.cast(state.params, cfg.sharpness_dtype)
-                        return curvature_of(curvature.flat_operator(measure_loss, params)[0], opt_state)
+                        matvec, _ = curvature.flat_operator(measurement_loss(apply_fn, loss_fn, arrays), params)
+                        return curvature_of(matvec, opt_state)
 
                 eig, pre_eig = when(due, measure, skipped)
             else:

@@ -194,9 +194,8 @@ def build(cfg: DictConfig) -> Built:
 
 
 def measurement_loss(b: Built):
-    """`params -> L(params)` on the measurement batch (the training set for full-batch runs): where λᴴ is measured
-    and catapults are judged."""
-    return lambda p: loop.mean_loss(b.model.apply, b.loss_fn, p, b.arrays.x_measure, b.arrays.y_measure)[0]
+    """`loop.measurement_loss` of a built run."""
+    return loop.measurement_loss(b.model.apply, b.loss_fn, b.arrays)
 
 
 def initial_sharpness(b: Built, method: str, max_iters: int, tol: float, dtype: str) -> curvature.EigResult:
