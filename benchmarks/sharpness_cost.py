@@ -58,7 +58,8 @@ Why the step-time target is not met on CPU (measured, not assumed)
     in a scan over θ_t, standalone): 0.46 ms the two Gram–Schmidt passes, 0.23 ms the tridiagonal eigh, 0.23 ms the
     basis bookkeeping. The product itself cannot get cheaper by fusing: standalone, a gradient costs 2.57 ms, the
     linearised gradient 2.45, plus one product 4.66, and one `jax.jvp` of `value_and_grad` (gradient and product in
-    a single pass) 4.73. So ≤ 3× allows about 1.9 power-priced or 1.4 Lanczos-priced products per measured step. The printed oracle floor is 1.30 products (88 % of steps need 1), ≈ 2.3× — below 3×, but only
+    a single pass) 4.73. So ≤ 3× allows about 1.9 power-priced or 1.4 Lanczos-priced products per measured step.
+    The printed oracle floor is 1.28 products (89 % of steps need 1), ≈ 2.4–2.5× (2026-11-24) — below 3×, but only
     with the exact t − 2 eigenvector and an oracle stop. The 12 steps (t ≥ 2) that need ≥ 3 are all steps where the
     top eigenvector switched (a lower eigenvalue overtook it: overlap with the t − 2 one < 0.9; 17 such steps), 8 of
     them in the catapult (steps 2–11). Real trackers tried on this trajectory, with their own warm starts:
