@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from warmup import records, train
 from conftest import CLI_ENV, TINY, compose_config
@@ -103,6 +104,23 @@ def test_finished_run_of_another_config_is_an_error_not_a_skip(run, data_root, t
                            "train.progress=true", "+exp.title=relabelled"])
     assert train.execute(same, run_dir) == summary
     assert (run_dir / "metrics.csv").read_text() == before
+
+
+def test_skip_above_matches_siblings_up_to_keys_that_do_not_change_the_numbers(data_root, tmp_path):
+    def sibling(name, status, *overrides):
+        cfg = compose_config([*TINY, f"data.root={data_root}", *overrides])
+        (tmp_path / name).mkdir()
+        records.write_atomic(tmp_path / name / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        records.write_summary(tmp_path / name, {"status": status})
+
+    mine = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt_scale=2", "train.skip_above=diverged"])
+    sibling("wider", "diverged", "schedule.lr_trgt_scale=1", "train.skip_above=diverged", "model.width=16")
+    sibling("larger_lr", "diverged", "schedule.lr_trgt_scale=4", "train.skip_above=diverged")
+    sibling("converged", "converged", "schedule.lr_trgt_scale=1", "train.skip_above=diverged")
+    assert train.smaller_lr_that_stopped(mine, tmp_path / "mine") is None
+    sibling("rechunked", "diverged", "schedule.lr_trgt_scale=1", "train.skip_above=diverged", "train.chunk_steps=5",
+            "+exp.title=relabelled")
+    assert train.smaller_lr_that_stopped(mine, tmp_path / "mine") == tmp_path / "rechunked"
 
 
 def cli(*args, env=None):

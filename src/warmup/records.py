@@ -69,7 +69,11 @@ def write_error(run_dir, err: BaseException) -> None:
     write_summary(run_dir, {**summary, "status": "error", "error": f"{type(err).__name__}: {err}"})
 
 
-def is_finished(run_dir) -> bool:
-    """A run whose summary says converged / diverged / failed / skipped is a result and is not redone."""
+def finished_summary(run_dir) -> dict | None:
+    """The summary of a run that is a result (converged / diverged / failed / skipped, not redone), else None."""
     summary = read_summary(run_dir)
-    return summary is not None and summary.get("status") in FINISHED
+    return summary if summary is not None and summary.get("status") in FINISHED else None
+
+
+def is_finished(run_dir) -> bool:
+    return finished_summary(run_dir) is not None

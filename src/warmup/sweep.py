@@ -156,7 +156,7 @@ def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_c
             for i in group:
                 if not records.is_finished(run_dirs[i]):
                     records.write_error(run_dirs[i], err)
-                results[i] = records.read_summary(run_dirs[i]) if records.is_finished(run_dirs[i]) else err
+                results[i] = records.finished_summary(run_dirs[i]) or err
     return results
 
 

@@ -272,9 +272,8 @@ def finished_summary(cfg: DictConfig, run_dir: pathlib.Path) -> dict | None:
     would otherwise return the old results under the new ones. Keys that do not change the numbers (`_NOT_A_RESULT`;
     `exp.` is the figure's description, whose numbers reach the run through the keys they set) and keys only one side
     has (a record written before the key existed) are not compared."""
-    if not records.is_finished(run_dir):
+    if (summary := records.finished_summary(run_dir)) is None:
         return None
-    summary = records.read_summary(run_dir)
     if (run_dir / "config.yaml").exists():
         stored = records.flat_config(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
         given = records.flat_config(OmegaConf.to_container(cfg, resolve=True))
@@ -340,12 +339,10 @@ def execute(cfg: DictConfig, run_dir: pathlib.Path) -> dict:
                          start=start)
 
 
-_NOT_A_CELL = ("data.root", "train.progress", "schedule.lr_trgt", "schedule.lr_trgt_scale")
-
-
 def _cell_key(config: dict) -> dict:
-    """A run's resolved config flattened, without η_trgt and what does not define the cell."""
-    return {k: repr(v) for k, v in records.flat_config(config).items() if k not in _NOT_A_CELL}
+    """A run's resolved config flattened, without η_trgt and the keys that do not change the numbers."""
+    return {k: repr(v) for k, v in records.flat_config(config).items()
+            if k not in ("schedule.lr_trgt", "schedule.lr_trgt_scale") and not k.startswith(_NOT_A_RESULT)}
 
 
 def smaller_lr_that_stopped(cfg: DictConfig, run_dir: pathlib.Path) -> pathlib.Path | None:
