@@ -139,3 +139,19 @@ def test_persistent_catapult_warmup_is_refused_by_the_batched_runner(data_root, 
     with pytest.raises(ValueError, match=r"schedule\.init=persistent"):
         sweep.run_batched(cfgs, [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "a").exists()
+
+
+def test_a_group_that_raises_records_its_unfinished_cells_as_errors(data_root, tmp_path, monkeypatch):
+    cfgs = configs(data_root, CELLS[:2])
+    dirs = [tmp_path / "done", tmp_path / "interrupted"]
+
+    def finish_one_then_fail(group_cfgs, group_dirs):
+        group_dirs[0].mkdir()
+        records.write_summary(group_dirs[0], {"status": "converged"})
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(sweep, "run_batched", finish_one_then_fail)
+    results = sweep.run_grid(cfgs, dirs)
+    assert results[0] == {"status": "converged"} == records.read_summary(dirs[0])
+    assert isinstance(results[1], RuntimeError)
+    assert records.read_summary(dirs[1]) == {"status": "error", "error": "RuntimeError: out of memory"}
