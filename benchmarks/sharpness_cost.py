@@ -91,9 +91,9 @@ Why the step-time target is not met on CPU (measured, not assumed)
     At the paper's width the floor is the product itself (`--width 512 --warmup-steps 16 --reps 2 --a-stride 50`,
     FCN-4-512, 932k parameters, 19 minutes, 2026-11-24; T_wrm = 4 diverges at this width, and after the catapult at
     steps 2–3 λᴴ stays below 2/η_trgt): the hidden 512 × 512 layers make a product cost 1.83 untracked steps
-    (untracked step 28.3 ms), so a step with exactly one product already costs 2.83×. The default tracker there takes 4.46
-    products per step (9.64×, max deviation 0.0024 %, 90× fewer HVPs than (a)); the oracle needs 1.09 products,
-    ≈ 2.99×. So ≤ 3× on CPU allows a tracker about one product per step, which only the oracle achieves.
+    (untracked step 28.3 ms), so a step with exactly one product already costs 2.83×. The default tracker there
+    takes 4.46 products per step (9.64×, max deviation 0.0024 %, 90× fewer HVPs than (a)); the oracle needs 1.09
+    products, ≈ 2.99×. So ≤ 3× on CPU allows a tracker about one product per step, which only the oracle achieves.
     Measuring every k steps (`sharpness.every=k`) costs about 1 + (r − 1)/k untracked steps for a tracked ratio r: the
     amortised loop (`--every`, default 4) is timed alongside the others and printed with its deviation.
 

@@ -39,7 +39,8 @@ def summaries(sweep_dir) -> dict[str, dict]:
 
 
 def finished(sweep_dir) -> set[str]:
-    return {name for name in summaries(sweep_dir) if records.is_finished(pathlib.Path(sweep_dir) / name)}
+    return {name for name in summaries(sweep_dir)
+            if records.finished_summary(pathlib.Path(sweep_dir) / name) is not None}
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ def test_metrics_keep_the_contract_columns_first(tmp_path):
 
 
 def test_only_results_count_as_finished(tmp_path):
-    assert not records.is_finished(tmp_path)
+    assert records.finished_summary(tmp_path) is None
     for status, finished in (("running", False), ("converged", True), ("diverged", True), ("failed", True)):
         records.write_summary(tmp_path, {"status": status})
-        assert records.is_finished(tmp_path) == finished
+        assert (records.finished_summary(tmp_path) is not None) == finished
 
 
 def test_run_status_rules():

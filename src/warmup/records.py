@@ -73,7 +73,3 @@ def finished_summary(run_dir) -> dict | None:
     """The summary of a run that is a result (converged / diverged / failed / skipped, not redone), else None."""
     summary = read_summary(run_dir)
     return summary if summary is not None and summary.get("status") in FINISHED else None
-
-
-def is_finished(run_dir) -> bool:
-    return finished_summary(run_dir) is not None

@@ -154,9 +154,10 @@ def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_c
             raise
         except Exception as err:  # recorded per cell; the other groups go on
             for i in group:
-                if not records.is_finished(run_dirs[i]):
+                results[i] = records.finished_summary(run_dirs[i])
+                if results[i] is None:
                     records.write_error(run_dirs[i], err)
-                results[i] = records.finished_summary(run_dirs[i]) or err
+                    results[i] = err
     return results
 
 
