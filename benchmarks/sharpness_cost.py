@@ -86,6 +86,12 @@ Why the step-time target is not met on CPU (measured, not assumed)
         beats the Rayleigh quotient by 0.3 %. The update direction does overlap the new top eigenvector at the
         post-catapult switches (0.19–0.84), and sᵀHs comes free from the secant sᵀ(g_t − g_{t−1}). Measured:
         a = 0.05: 2.76 products, 14 % off; a = 0.1: 2.15, 14 % off; with an exact product for sᵀHs (and 1 %): 2.77, 13 % off.
+      - gate that one-product accept on the value as well (2026-11-24): ρ < a and the Rayleigh quotient within d of
+        the last value of the same parity (or of its linear extrapolation), carrying the power-step vector, a Lanczos
+        solve to tol 1e-3 otherwise: a = 0.03, d = 0.02: 3.45–3.71 products, 2.7 % off (steps 42–50 and 80–82, where
+        the top two eigenvalues trade places); a = 0.1, d = 0.05: 1.81–2.12 products, 15–19 % off. The growth of the
+        gradient's part orthogonal to v (free: the step holds the gradient) does not mark those switches either
+        (ratio to t − 2: 0.93–1.16 at the switches of steps 46, 48, 63; 1.55 and 2.35 at steps 50 and 33, which have none).
     A switch is invisible to a residual test (the old vector is still an accurate eigenvector, of a lower
     eigenvalue) until enough products have grown the new direction, which is what the 1e-3 stop pays for.
     At the paper's width the floor is the product itself (`--width 512 --warmup-steps 16 --reps 2 --a-stride 50`,
