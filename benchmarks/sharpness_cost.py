@@ -88,10 +88,10 @@ Why the step-time target is not met on CPU (measured, not assumed)
         a = 0.05: 2.76 products, 14 % off; a = 0.1: 2.15, 14 % off; with an exact product for sᵀHs (and 1 %): 2.77, 13 % off.
       - gate that one-product accept on the value as well (2026-11-24): ρ < a and the Rayleigh quotient within d of the
         last value of the same parity (or of its linear extrapolation), carrying the power-step vector, a Lanczos solve
-        to tol 1e-3 otherwise: a = 0.03, d = 0.02: 3.45–3.71 products, 2.7 % off (steps 42–50 and 80–82, where the top
-        two eigenvalues trade places); a = 0.1, d = 0.05: 1.81–2.12 products, 15–19 % off. The growth of the gradient's
-        part orthogonal to v (free: the step holds the gradient) does not mark those switches either (ratio to t − 2:
-        0.93–1.16 at the switches of steps 46, 48, 63; 1.55 and 2.35 at steps 50 and 33, which have none).
+        to tol 1e-3 otherwise: a = 0.03, d = 0.02: 3.45–3.71 products, 2.6–2.7 % off (steps 42–50 and 80–82, where the
+        top two eigenvalues trade places); a = 0.1, d = 0.05: 1.81–2.58 products, 11–19 % off. The growth of the
+        gradient's part orthogonal to v (free: the step holds the gradient) does not mark those switches either (ratio
+        to t − 2: 0.93–1.16 at the switches of steps 46, 48, 63; 1.55 and 2.35 at steps 50 and 33, which have none).
       - why those switches escape every one-vector scheme: at even steps (the side of the oscillation with the larger
         λᴴ) the top two eigenvalues are 1.6–3 % apart (steps 40–50; 8–10 % at odd steps), and a vector carried without a
         full solve drifts within that pair (overlap with the top eigenvector 0.43 at step 46, 0.01 at step 48, where
