@@ -38,6 +38,12 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_integer(cfg: DictConfig, key: str, minimum: int, meaning: str = "") -> None:
+    """`key` (dotted) holds an integer >= `minimum`; `meaning` follows the message, e.g. " (0 = off)"."""
+    value = OmegaConf.select(cfg, key)
+    _require(isinstance(value, int) and value >= minimum, f"{key}={value}: must be an integer >= {minimum}{meaning}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any data is read or any step is taken; each message names the key."""
     s = cfg.schedule
@@ -48,32 +54,25 @@ def validate(cfg: DictConfig) -> None:
     for key in given:
         _require(s[key] > 0, f"schedule.{key}={s[key]}: must be > 0")
     _require(s.lr_init >= 0, f"schedule.lr_init={s.lr_init}: must be >= 0")
-    _require(isinstance(s.warmup_steps, int) and s.warmup_steps >= 1,
-             f"schedule.warmup_steps={s.warmup_steps}: must be an integer >= 1 (1 = no warmup)")
+    _require_integer(cfg, "schedule.warmup_steps", 1, " (1 = no warmup)")
     _require(s.exponent > 0, f"schedule.exponent={s.exponent}: must be > 0")
     _require(s.decay_power >= 0, f"schedule.decay_power={s.decay_power}: must be >= 0")
     _require(0 <= s.lr_min_ratio <= 1, f"schedule.lr_min_ratio={s.lr_min_ratio}: must be in [0, 1]")
     _require(s.init in SCHEDULE_INITS, f"schedule.init={s.init}: unknown; allowed: {', '.join(SCHEDULE_INITS)}")
     _require(s.search_delta > 0 and s.search_lr_start > 0 and s.search_max_forward_passes >= 2,
              "schedule.search_delta / search_lr_start: must be > 0, schedule.search_max_forward_passes: >= 2")
-    _require(isinstance(s.search_check_steps, int) and s.search_check_steps >= 0,
-             f"schedule.search_check_steps={s.search_check_steps}: must be an integer >= 0 (0 = no check)")
+    _require_integer(cfg, "schedule.search_check_steps", 0, " (0 = no check)")
     t = cfg.train
-    _require(isinstance(t.steps, int) and t.steps >= 1, f"train.steps={t.steps}: must be an integer >= 1")
-    _require(isinstance(t.eval_batch, int) and t.eval_batch >= 1,
-             f"train.eval_batch={t.eval_batch}: must be an integer >= 1")
+    _require_integer(cfg, "train.steps", 1)
+    _require_integer(cfg, "train.eval_batch", 1)
     _require(isinstance(cfg.seed, int), f"seed={cfg.seed}: must be an integer")
-    _require(isinstance(cfg.model.width, int) and cfg.model.width >= 1,
-             f"model.width={cfg.model.width}: must be an integer >= 1")
+    _require_integer(cfg, "model.width", 1)
     for key in ("param.full_mup", "schedule.decay", "train.progress"):
         value = OmegaConf.select(cfg, key)
         _require(isinstance(value, bool), f"{key}={value}: must be true or false")
-    _require(isinstance(t.chunk_steps, int) and t.chunk_steps >= 1,
-             f"train.chunk_steps={t.chunk_steps}: must be an integer >= 1")
-    _require(isinstance(t.scan_unroll, int) and t.scan_unroll >= 1,
-             f"train.scan_unroll={t.scan_unroll}: must be an integer >= 1")
-    _require(isinstance(t.eval_every, int) and t.eval_every >= 0,
-             f"train.eval_every={t.eval_every}: must be an integer >= 0 (0 = only at the end)")
+    _require_integer(cfg, "train.chunk_steps", 1)
+    _require_integer(cfg, "train.scan_unroll", 1)
+    _require_integer(cfg, "train.eval_every", 0, " (0 = only at the end)")
     _require(t.divergence_factor > 1, f"train.divergence_factor={t.divergence_factor}: must be > 1")
     _require(t.skip_above in (None, "diverged", "failed"),
              f"train.skip_above={t.skip_above}: unknown; allowed: null, diverged, failed")
@@ -84,7 +83,7 @@ def validate(cfg: DictConfig) -> None:
     if d.name in text.CORPORA:
         _require(cfg.model.name == "transformer",
                  f"data={d.name}: a text corpus needs model=transformer (got model={cfg.model.name})")
-        _require(isinstance(d.context, int) and d.context >= 1, f"data.context={d.context}: must be an integer >= 1")
+        _require_integer(cfg, "data.context", 1)
         _require(isinstance(d.vocab_size, int) and 2 <= d.vocab_size <= 1 << 16,
                  f"data.vocab_size={d.vocab_size}: must be an integer in [2, 65536]")
     else:
@@ -101,9 +100,9 @@ def validate(cfg: DictConfig) -> None:
     h = cfg.sharpness
     _require(h.method in curvature.METHODS,
              f"sharpness.method={h.method}: unknown; allowed: {', '.join(curvature.METHODS)}")
-    _require(isinstance(h.every, int) and h.every >= 0, f"sharpness.every={h.every}: must be an integer >= 0 (0 = off)")
-    for key in ("max_iters", "init_max_iters"):
-        _require(isinstance(h[key], int) and h[key] >= 1, f"sharpness.{key}={h[key]}: must be an integer >= 1")
+    _require_integer(cfg, "sharpness.every", 0, " (0 = off)")
+    for key in ("sharpness.max_iters", "sharpness.init_max_iters"):
+        _require_integer(cfg, key, 1)
     for key in ("tol", "init_tol"):
         _require(isinstance(h[key], (int, float)) and h[key] >= 0,
                  f"sharpness.{key}={h[key]}: must be a number >= 0 (the relative residual that stops the solver; "
