@@ -102,6 +102,10 @@ Why the step-time target is not met on CPU (measured, not assumed)
         2–35: 230 products, 6.8 per step, against the ≈ 80 a 200-step run leaves). Not pursued.
     A switch is invisible to a residual test (the old vector is still an accurate eigenvector, of a lower
     eigenvalue) until enough products have grown the new direction, which is what the 1e-3 stop pays for.
+    The catapult is not what makes it expensive: on the smoother warmups of the same net (`--warmup-steps 64`: no
+    catapult, λᴴ above 2/η_t from step 32; `--warmup-steps 256`: only from step 162; 2026-11-24) the default tracker
+    still takes 7.71 / 5.53 products per step (11.3× / 8.5×, max deviation 1.4e-5 / 8.1e-6), the oracle 1.30 / 1.10
+    (≈ 2.31× / 1.99×).
     At the paper's width the floor is the product itself (`--width 512 --warmup-steps 16 --reps 2 --a-stride 50`,
     FCN-4-512, 932k parameters, 19 minutes, 2026-11-24; T_wrm = 4 diverges at this width, and after the catapult at
     steps 2–3 λᴴ stays below 2/η_trgt): the hidden 512 × 512 layers make a product cost 1.83 untracked steps
