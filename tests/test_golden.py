@@ -1,0 +1,71 @@
+"""Golden run records: refactors must not change a single number.
+
+Each case trains a tiny run (or a 4-cell batched sweep) on the synthetic fixtures and compares its metrics.csv and
+summary.json (without `wall_time_s`) byte for byte with the copies under tests/golden/, recorded before the run
+lifecycle was restructured (issue #25). XLA's float results depend on the processor; on a machine whose results
+differ, record anew on the commit before a change and compare after it:
+    WARMUP_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py -n 0
+"""
+import json
+import os
+import pathlib
+
+import pytest
+
+from warmup import train as run, sweep
+from conftest import TINY, compose_config
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+RECORD = os.environ.get("WARMUP_RECORD_GOLDEN") == "1"
+LM = [o for o in TINY if not o.startswith("data.num_examples")] + [
+    "model=transformer", "model.width=16", "model.depth=2", "model.heads=2", "data=wikitext2", "data.vocab_size=64",
+    "data.context=8", "data.batch_size=8", "data.measure_examples=8", "optimizer=adam", "schedule.lr_trgt=1e-2",
+    "schedule.warmup_steps=5", "sharpness.every=5"]
+RUNS = {
+    "gd_tracked": ["optimizer.momentum=0.9", "schedule.lr_trgt_scale=2", "schedule.warmup_steps=5",
+                   "sharpness.every=1"],
+    "adam_minibatch_augmented": ["optimizer=adam", "schedule.lr_trgt=1e-3", "data.batch_size=32",
+                                 "data.augment.flip=true", "data.augment.crop=2", "sharpness.every=5"],
+    "catapult": ["schedule.init=catapult", "schedule.lr_trgt_scale=16", "schedule.warmup_steps=10",
+                 "sharpness.every=5"],  # η_c found, the catapult check recovers
+    "persistent": ["schedule.init=persistent", "schedule.lr_trgt_scale=40", "sharpness.every=3"],  # two catapults
+}
+CELLS = [("schedule.lr_trgt_scale=1", "schedule.warmup_steps=1"), ("schedule.lr_trgt_scale=1", "schedule.warmup_steps=8"),
+         ("schedule.lr_trgt=3.0", "schedule.warmup_steps=1"), ("schedule.lr_trgt=3.0", "schedule.warmup_steps=8")]
+
+
+def _records(run_dir: pathlib.Path) -> dict[str, str]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("wall_time_s")
+    return {"metrics.csv": (run_dir / "metrics.csv").read_text(),
+            "summary.json": json.dumps(summary, indent=2, sort_keys=True) + "\n"}
+
+
+def _compare(name: str, run_dir: pathlib.Path) -> None:
+    for file, text in _records(run_dir).items():
+        golden = GOLDEN / name / file
+        if RECORD:
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{name}/{file} differs from the golden record"
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_single_runs_match_their_golden_records(name, data_root, tmp_path):
+    cfg = compose_config([*TINY, f"data.root={data_root}", *RUNS[name]])
+    run.execute(cfg, tmp_path / name)
+    _compare(name, tmp_path / name)
+
+
+def test_language_model_matches_its_golden_record(text_root, tmp_path):
+    run.execute(compose_config([*LM, f"data.root={text_root}"]), tmp_path / "lm")
+    _compare("lm", tmp_path / "lm")
+
+
+def test_batched_sweep_matches_its_golden_records(data_root, tmp_path):
+    cfgs = [compose_config([*TINY, f"data.root={data_root}", "sharpness.every=5", *cell]) for cell in CELLS]
+    dirs = [tmp_path / f"cell{i}" for i in range(len(cfgs))]
+    sweep.run_grid(cfgs, dirs)
+    for i, run_dir in enumerate(dirs):
+        _compare(f"batched_cell{i}", run_dir)
