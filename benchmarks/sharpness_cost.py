@@ -3,7 +3,7 @@
 What is measured
     The trajectory: the first STEPS full-batch GD steps of an SP FCN-4 (MSE, Fashion-MNIST subset) with linear
     warmup to η_trgt = 32/λ₀ᴴ over T_wrm steps — composed with Hydra's compose API from src/warmup/configs/train.yaml,
-    built by `train.build(cfg)`, λ₀ᴴ by `train.initial_sharpness` (as `train.execute` does), trained by the REAL loop
+    built by `build.build(cfg)`, λ₀ᴴ by `run.initial_sharpness` (as `run.execute` does), trained by the REAL loop
     (`loop.make_chunk_fn` + `loop.init_state` + `loop.run`). CPU-sized defaults: FCN-4-64 (59,210 parameters) on
     1000 examples. T_wrm = 4: this SP net's λᴴ falls fast on its own (29 → ~2 within 50 steps), so with T_wrm ≥ 8
     no step raises the loss by > 5 %; T_wrm = 4 gives a catapult at step 2 (loss ×1.24), after which λᴴ sits at the
@@ -131,7 +131,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from jax.flatten_util import ravel_pytree
 
-from warmup import curvature, loop, schedules, train
+from warmup import build, config, curvature, loop, run, schedules
 
 DATA_ROOT = "/usr/share/datasets/fashion-mnist"
 HVP_RATIO_TARGET = 10.0
@@ -143,9 +143,9 @@ ORACLE_MAX_PRODUCTS = 12  # the floor's search stops here (counted as 13)
 
 
 def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config.CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    train.validate(cfg)
+    config.validate(cfg)
     return cfg
 
 
@@ -177,16 +177,16 @@ def main() -> int:
         f"schedule.warmup_steps={args.warmup_steps}", f"train.steps={steps}", f"train.chunk_steps={steps}",
         "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"]
         + ([f"sharpness.tol={args.tol}"] if args.tol is not None else []))
-    b = train.build(cfg)
+    b = build.build(cfg)
     h, s = cfg.sharpness, cfg.schedule
-    eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
+    eig0 = run.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
     lambda0 = float(eig0.value)
     lr_trgt = s.lr_trgt_scale / lambda0
     sched = schedules.schedule_params(lr_trgt=lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init,
                                       exponent=s.exponent, decay_power=0.0, total_steps=steps,
                                       lr_min_ratio=s.lr_min_ratio)
     flat0, unravel = ravel_pytree(b.params)
-    measure_loss = train.measurement_loss(b)
+    measure_loss = b.measurement_loss()
     first_loss = float(measure_loss(b.params))
     loss_bound = cfg.train.divergence_factor * first_loss
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; FCN-{cfg.model.depth}-{cfg.model.width} SP "
@@ -200,13 +200,12 @@ def main() -> int:
     cfg_tracked = dataclasses.replace(b.loop_cfg, sharpness_every=1, chunk_steps=steps)
     assert (cfg_tracked.sharpness_method, cfg_tracked.sharpness_max_iters, cfg_tracked.sharpness_tol) == \
         (h.method, h.max_iters, h.tol)
-    chunk_u = loop.make_chunk_fn(cfg_untracked, b.model.apply, b.loss_fn, b.tx)
-    chunk_t = loop.make_chunk_fn(cfg_tracked, b.model.apply, b.loss_fn, b.tx)
-    chunk_1 = loop.make_chunk_fn(dataclasses.replace(cfg_tracked, chunk_steps=1), b.model.apply, b.loss_fn, b.tx)
+    chunk_of = lambda loop_cfg: loop.make_chunk_fn(loop_cfg, b.model.apply, b.loss_fn, b.optimizer, b.draw)
+    chunk_u, chunk_t = chunk_of(cfg_untracked), chunk_of(cfg_tracked)
+    chunk_1 = chunk_of(dataclasses.replace(cfg_tracked, chunk_steps=1))
     cfg_one_product = dataclasses.replace(cfg_tracked, sharpness_method="power", sharpness_max_iters=1, sharpness_tol=0.0)
-    chunk_p = loop.make_chunk_fn(cfg_one_product, b.model.apply, b.loss_fn, b.tx)  # exactly one HVP per step
-    chunk_k = loop.make_chunk_fn(dataclasses.replace(cfg_tracked, sharpness_every=args.every), b.model.apply,
-                                 b.loss_fn, b.tx)
+    chunk_p = chunk_of(cfg_one_product)  # exactly one HVP per step
+    chunk_k = chunk_of(dataclasses.replace(cfg_tracked, sharpness_every=args.every))
 
     def fresh_state():
         return jax.block_until_ready(loop.init_state(b.params, b.tx.init(b.params), b.key, eig0.vector))

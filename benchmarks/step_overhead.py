@@ -4,8 +4,8 @@ What is measured
     Wall time per training step of two programs that do the same math on the same model, initial parameters,
     data and PRNG key, in one process:
       framework    the real path: Hydra `compose` of src/warmup/configs/train.yaml with overrides →
-                   `train.validate` → `train.build(cfg)` → `loop.make_chunk_fn(...)` → `loop.init_state(...)` →
-                   `loop.run(...)` consumed to the end, exactly as `train.execute` does (one chunk of all the steps,
+                   `config.validate` → `build.build(cfg)` → `Built.chunk_fn()` → `loop.init_state(...)` →
+                   `loop.run(...)` consumed to the end, exactly as `run.execute` does (one chunk of all the steps,
                    including its host sync and metric download). Not timed: λ₀ᴴ (`schedule.lr_trgt` is given
                    absolutely, so `execute` would only need it for the summary), records and the final evaluation.
       hand-written one `jax.jit` of a `lax.scan` whose step draws the batch (`data.draw_batch`), augments it
@@ -49,7 +49,7 @@ from hydra import compose, initialize_config_dir
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from warmup import data, loop, schedules, train
+from warmup import build, config, data, loop, schedules
 
 TARGET = 0.10  # allowed overhead: framework / hand-written - 1
 LOSS_RTOL = 1e-4
@@ -69,24 +69,24 @@ COMMON = ["data=fashion_mnist", f"data.root={DATA_ROOT}", "schedule.lr_trgt=0.1"
 
 
 def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config.CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    train.validate(cfg)
+    config.validate(cfg)
     return cfg
 
 
-def framework_runner(cfg, b: train.Built, steps: int):
+def framework_runner(cfg, b: build.Built, steps: int):
     """`() -> (final params, per-step train losses)` through make_chunk_fn / init_state / run, as `execute` does."""
     s = cfg.schedule
     sched = schedules.schedule_params(
         lr_trgt=s.lr_trgt, warmup_steps=s.warmup_steps, lr_init=s.lr_init, exponent=s.exponent,
         decay_power=s.decay_power if s.decay else 0.0, total_steps=steps, lr_min_ratio=s.lr_min_ratio)
-    chunk_fn = loop.make_chunk_fn(b.loop_cfg, b.model.apply, b.loss_fn, b.tx)
+    chunk_fn = b.chunk_fn()
     # execute passes λ₀ᴴ's eigenvector; with sharpness off it is only carried, so any unit vector does.
     flat, _ = ravel_pytree(b.params)
     eigvec = jax.random.normal(jax.random.PRNGKey(0), flat.shape, flat.dtype)
     eigvec = eigvec / jnp.linalg.norm(eigvec)
-    first_loss = float(train.measurement_loss(b)(b.params))
+    first_loss = float(b.measurement_loss()(b.params))
     loss_bound = cfg.train.divergence_factor * first_loss
 
     def fresh_state():
@@ -103,17 +103,17 @@ def framework_runner(cfg, b: train.Built, steps: int):
     return fresh_state, go, sched
 
 
-def baseline_runner(b: train.Built, sched, steps: int):
+def baseline_runner(cfg, b: build.Built, sched, steps: int):
     """The minimal hand-written loop: same model apply, loss, batch draw, augmentation, direction and η_t."""
-    c = b.loop_cfg
-    apply_fn, loss_fn, beta = b.model.apply, b.loss_fn, c.momentum
+    c = cfg.data.augment
+    apply_fn, loss_fn, beta, batch_size = b.model.apply, b.loss_fn, cfg.optimizer.momentum, cfg.data.batch_size
 
     @jax.jit
     def scan_loop(params, mom, key, sched, x_train, y_train):
         def step(carry, t):
             params, mom, key = carry
             key, batch_key, aug_key = jax.random.split(key, 3)
-            x, y = data.draw_batch(batch_key, x_train, y_train, c.batch_size)
+            x, y = data.draw_batch(batch_key, x_train, y_train, batch_size)
             x, y = data.augment(aug_key, x, y, flip=c.flip, crop=c.crop, mixup_alpha=c.mixup_alpha)
             loss, g = jax.value_and_grad(lambda p: jnp.mean(loss_fn(apply_fn({"params": p}, x), y)))(params)
             if beta:
@@ -154,11 +154,11 @@ def timed(fresh_state, go):
 def bench(name: str, steps: int, reps: int) -> bool:
     title, overrides = CASES[name]
     cfg = compose_cfg(COMMON + overrides + [f"train.steps={steps}", f"train.chunk_steps={steps}"])
-    b = train.build(cfg)
+    b = build.build(cfg)
     num_params = sum(p.size for p in jax.tree.leaves(b.params))
     print(f"\n== ({name}) {title}: {num_params:,} parameters, {steps} steps × {reps} reps")
     f_fresh, f_go, sched = framework_runner(cfg, b, steps)
-    h_fresh, h_go = baseline_runner(b, sched, steps)
+    h_fresh, h_go = baseline_runner(cfg, b, sched, steps)
 
     t0 = time.perf_counter()
     _, (f_params, f_losses) = timed(f_fresh, f_go)  # compile + first run

@@ -4,7 +4,7 @@ What is measured
     A 16-cell grid (η_trgt = c/λ₀ᴴ with c ∈ {1, 4, 16, 64} × T_wrm ∈ {1, 16, 64, 256}) of small-FCN runs: FCN-4-128
     SP, SGD, MSE, minibatch B = 128 of 2000 Fashion-MNIST images, STEPS updates, sharpness tracking off, test
     evaluation at the end; c = 64 without warmup diverges, so frozen cells ride along in the batched program.
-      sequential  `train.execute(cfg, run_dir)` per cell, as the default launcher runs a multirun in one process:
+      sequential  `run.execute(cfg, run_dir)` per cell, as the default launcher runs a multirun in one process:
                   build, λ₀ᴴ, compile, train, records, final evaluation — all of it timed.
       batched     `sweep.run_grid(cfgs, run_dirs)`, what `launcher=batched` calls: one build and λ₀ᴴ per seed, one
                   compiled vmapped program for all 16 cells, the same records.
@@ -29,7 +29,7 @@ import time
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from warmup import records, sweep, train
+from warmup import config, records, run, sweep, train
 
 GRID = [(c, t) for c in (1, 4, 16, 64) for t in (1, 16, 64, 256)]
 COMPARED_EXACT = ("step", "lr")
@@ -44,7 +44,7 @@ def cell_configs(steps: int, data_root: str | None):
             "data=fashion_mnist", "data.num_examples=2000", "data.batch_size=128", "data.measure_examples=512",
             f"train.steps={steps}", "train.chunk_steps=100", "train.eval_every=0", "train.progress=false",
             "sharpness.every=0", "seed=0", *([f"data.root={data_root}"] if data_root else [])]
-    with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config.CONFIG_DIR), version_base="1.3"):
         return [compose(config_name="train", overrides=[*base, f"schedule.lr_trgt_scale={c}",
                                                         f"schedule.warmup_steps={t}"]) for c, t in GRID]
 
@@ -93,7 +93,7 @@ def main() -> int:
 
         start = time.perf_counter()
         for cfg, run_dir in zip(cfgs, seq_dirs):
-            train.execute(cfg, run_dir)
+            run.execute(cfg, run_dir)
         sequential_s = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -108,7 +108,7 @@ def main() -> int:
         c, t = GRID[worst]
         perturbed = cfgs[worst].copy()
         perturbed.schedule.lr_trgt_scale = c * (1 + PERTURBATION)
-        train.execute(perturbed, root / "perturbed")
+        run.execute(perturbed, root / "perturbed")
         perturbed_curve = drift_curve(root / "perturbed", seq_dirs[worst])
 
     n = len(GRID)

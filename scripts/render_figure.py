@@ -1,6 +1,6 @@
 """Re-render an experiment's figure from existing run records, without training.
 
-    python scripts/render_figure.py multirun/fig1_cpu [--figure-dir figures]
+    python scripts/render_figure.py multirun/fig1_cpu [--figure-dir figures]   (default: beside the records)
 """
 import argparse
 
@@ -8,6 +8,6 @@ from warmup.plots import render_experiment
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("sweep_dir", help="a directory holding run records (e.g. multirun/fig1)")
-parser.add_argument("--figure-dir", default="figures", help="where <exp.name>.png is written")
+parser.add_argument("--figure-dir", default=None, help="where <exp.name>.png is written (default: sweep_dir)")
 args = parser.parse_args()
-render_experiment(args.sweep_dir, args.figure_dir)
+render_experiment(args.sweep_dir, args.figure_dir or args.sweep_dir)

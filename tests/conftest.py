@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from warmup import train
+from warmup import config
+from warmup.run import execute
 
 # The partitionable threefry lowering compiles several times slower on CPU; the tests only compare runs made here.
 jax.config.update("jax_threefry_partitionable", False)
@@ -112,7 +113,7 @@ TINY = ["model.width=32", "model.depth=3", "data.num_examples=128", "train.steps
 
 
 def compose_config(overrides, with_hydra: bool = False):
-    with initialize_config_dir(config_dir=str(train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config.CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
@@ -123,7 +124,7 @@ def runner(base, tmp_path):
     def run_(*overrides):
         cfg = compose_config([*base, *overrides])
         run_dir = tmp_path / f"run{next(counter)}"
-        return run_dir, train.execute(cfg, run_dir)
+        return run_dir, execute(cfg, run_dir)
 
     return run_
 

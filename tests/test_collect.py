@@ -56,7 +56,7 @@ def test_collect_has_one_row_per_record_with_config_and_summary_columns(sweep_di
     for column in ("status", "lambda0", "steps_completed", "final_train_loss", "best_test_acc", "wall_time_s",
                    "sharpness.every", "data.augment.flip", "optimizer.momentum"):
         assert column in df.columns
-    assert "data.root" not in df.columns and "seed" in df.attrs["config_columns"]
+    assert "train.progress" not in df.columns and "seed" in df.attrs["config_columns"]  # config.NOT_A_RESULT
     assert set(collect.varying(df)) == {"seed", "warmup_steps", "lr_trgt_scale", "schedule.lr_trgt"}
 
 

@@ -84,8 +84,35 @@ def test_mnist_idx_round_trip(tmp_path):
 def test_bad_idx_magic_is_rejected(tmp_path):
     write_mnist(tmp_path)
     write_idx(tmp_path / data._IDX_FILES[0], np.zeros((2, 28, 28)), 2049 + 1000)
-    with pytest.raises(ValueError, match="magic"):
+    with pytest.raises(data.DataFileError, match="magic") as err:
         load("fashion_mnist", str(tmp_path))
+    assert str(err.value).startswith(str(tmp_path / data._IDX_FILES[0])) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
+def test_a_truncated_file_is_one_line_naming_it(tmp_path, name):
+    """A download cut short: the reader's error (EOFError, a bad pickle) becomes one line naming the file."""
+    if name == "cifar10":
+        write_cifar(tmp_path, name, as_tar=False)
+        victim = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    else:
+        write_mnist(tmp_path)
+        victim = tmp_path / data._IDX_FILES[0]
+    victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
+    with pytest.raises(data.DataFileError) as err:
+        load(name, str(tmp_path))
+    assert "\n" not in str(err.value) and str(victim.parent) in str(err.value)
+
+
+def test_a_given_root_without_the_files_never_falls_back_to_another_copy(tmp_path, monkeypatch):
+    """The files exist under $WARMUP_DATA_DIR, but data.root names an empty folder: an error naming that folder."""
+    write_mnist(tmp_path / "env")
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "env"))
+    assert find_root("fashion_mnist", None) == tmp_path / "env"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError) as err:
+        find_root("fashion_mnist", str(tmp_path / "empty"))
+    assert str(tmp_path / "empty") in str(err.value) and str(tmp_path / "env") + "," not in str(err.value)
 
 
 @pytest.mark.parametrize("name,as_tar", [("cifar10", False), ("cifar10", True), ("cifar100", False),
@@ -151,9 +178,10 @@ def test_missing_files_raise_one_line_naming_them(tmp_path, monkeypatch):
     assert isinstance(err.value, FileNotFoundError) and "\n" not in msg
     assert msg.startswith("fashion_mnist:")
     assert all(f in msg for f in data._IDX_FILES)
-    assert str(tmp_path / "partial") in msg and str(tmp_path / "env") in msg and data.ENV_VAR in msg
-    with pytest.raises(DataNotFoundError, match=r"cifar-10-python\.tar\.gz .*data_batch_5, test_batch"):
+    assert str(tmp_path / "partial") in msg and data.ENV_VAR in msg
+    with pytest.raises(DataNotFoundError, match=r"cifar-10-python\.tar\.gz .*data_batch_5, test_batch") as err:
         find_root("cifar10", None)
+    assert str(tmp_path / "env") in str(err.value)
 
 
 def test_download_when_online_then_cached(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pathlib
 
 import pytest
 
-from warmup import train as run, sweep
+from warmup import run, sweep
 from conftest import TINY, compose_config
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")

@@ -134,7 +134,9 @@ def test_cell_that_raises_is_recorded_as_error_and_the_sweep_goes_on(data_root, 
                     "hydra.sweep.subdir=cell${hydra.job.num}")
     assert result.returncode != 0  # the failed cell is reported at the end of the sweep ...
     found = summaries(sweep_dir)
-    assert found["cell0"]["status"] == "error" and "EOFError" in found["cell0"]["error"]
+    assert found["cell0"]["status"] == "error" and "DataFileError" in found["cell0"]["error"]
+    assert str(corrupt) in found["cell0"]["error"]  # one line naming the file, and the cell is still in the table
+    assert set(collect.collect(sweep_dir).run) == {"cell0", "cell1"}
     assert found["cell1"]["status"] == "converged"  # ... after the other cell ran
     assert finished(sweep_dir) == {"cell1"}  # a relaunch retries the error
 

@@ -9,11 +9,20 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from warmup import curvature, loop, losses, schedules
+from warmup import build, curvature, loop, losses, schedules
 from warmup.models import build_model
 from warmup.optim import build_optimizer
+from conftest import TINY, compose_config
 
 STEPS = 24
+
+
+def sgd(tx):
+    return loop.Optimizer(tx, lambda lr: curvature.thresholds(lr, optimizer="sgd"))
+
+
+def full_batch(keys, arrays):
+    return arrays.x_train, arrays.y_train
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +39,7 @@ def setup():
     flat = ravel_pytree(params)[0]
     eig0 = curvature.sharpness(measure_loss, params, jnp.zeros(flat.size), max_iters=64, tol=1e-7)
     sched = schedules.schedule_params(lr_trgt=1.8 / float(eig0.value), warmup_steps=4, total_steps=STEPS)
-    cfg = loop.LoopConfig(optimizer="sgd", sharpness_every=1, chunk_steps=1)
+    cfg = loop.LoopConfig(sharpness_every=1, chunk_steps=1)
     return model, loss_fn, params, arrays, measure_loss, eig0, sched, cfg
 
 
@@ -38,7 +47,7 @@ def trajectory(setup, **changes):
     """(states after each step, metric rows) of a run with `changes` to the loop config."""
     model, loss_fn, params, arrays, _, eig0, sched, cfg = setup
     tx = build_optimizer("sgd")
-    chunk = loop.make_chunk_fn(dataclasses.replace(cfg, **changes), model.apply, loss_fn, tx)
+    chunk = loop.make_chunk_fn(dataclasses.replace(cfg, **changes), model.apply, loss_fn, sgd(tx), full_batch)
     state = loop.init_state(params, tx.init(params), jax.random.PRNGKey(1), eig0.vector)
     states, rows = [state], []
     for state, r in loop.run(chunk, state, sched, arrays, loss_bound=1e6, total_steps=STEPS):
@@ -52,10 +61,12 @@ def untracked(setup):
     return trajectory(setup, sharpness_every=0)
 
 
-def test_a_full_batch_run_measures_on_its_own_batch():
-    assert loop.LoopConfig(optimizer="sgd").measures_train_batch
-    assert not loop.LoopConfig(optimizer="sgd", batch_size=8).measures_train_batch
-    assert not loop.LoopConfig(optimizer="sgd", flip=True).measures_train_batch
+def test_a_full_batch_run_measures_on_its_own_batch(data_root):
+    built = lambda *o: build._loop_cfg(compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=1", *o]))
+    assert built().measures_train_batch and built().shares_linearisation
+    assert not built("data.batch_size=8").measures_train_batch
+    assert not built("data.augment.flip=true").measures_train_batch
+    assert not built("sharpness.dtype=float64").shares_linearisation
 
 
 def test_tracking_leaves_the_trajectory_unchanged_and_matches_a_standalone_solve(setup, untracked):
@@ -127,7 +138,8 @@ def test_only_a_float64_measurement_traces_float64(setup):
     state = loop.init_state(params, tx.init(params), jax.random.PRNGKey(1), eig0.vector)
 
     def program(dtype):
-        chunk = loop.make_chunk_fn(dataclasses.replace(cfg, sharpness_dtype=dtype), model.apply, loss_fn, tx)
+        chunk = loop.make_chunk_fn(dataclasses.replace(cfg, sharpness_dtype=dtype), model.apply, loss_fn, sgd(tx),
+                                   full_batch)
         return str(jax.make_jaxpr(chunk)(state, sched, arrays, jnp.float32(1e6), jnp.int32(STEPS)))
 
     assert "f64[" in program("float64") and "f64[" not in program("float32")

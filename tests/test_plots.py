@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from warmup import plots, train
+from warmup import config, plots, train
 from conftest import CLI_ENV, compose_config
 
-EXPERIMENTS = sorted(p.stem for p in (train.CONFIG_DIR / "exp").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (config.CONFIG_DIR / "exp").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +71,10 @@ def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, text_r
                 else sorted(str(cfg.hydra.sweeper.params[cfg.exp.color_by]).split(",")))
     curves = 2 if by_warmup else len(expected)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == expected
-    assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert (sweep / f"{name}.png").stat().st_size > 10_000 and not (tmp_path / "figures").exists()  # beside it
     fig, rendered = plots.experiment_figure(sweep)
+    if "FCN-$" in OmegaConf.to_container(cfg.exp)["title"]:  # titled with what ran, not the unshrunk setting
+        assert "FCN-3-8" in fig.get_suptitle() and "64 Fashion-MNIST" in fig.get_suptitle()
     panels = [plots.PANELS[p] for p in cfg.exp.panels]
     assert rendered == name and len(fig.axes) == len(panels) * len(params)
     assert [ax.get_ylabel() for ax in fig.axes] == [p.label for p in panels] * len(params)
@@ -99,7 +101,7 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
     panels = [k for k in (cfg.exp.rows_by, cfg.exp.cols_by) if k]
     sizes = [1 if k == "param" else len(str(cfg.hydra.sweeper.params[k]).split(",")) for k in panels]
     assert len(list(sweep.rglob("summary.json"))) == 4 * int(np.prod(sizes))
-    assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert (sweep / f"{name}.png").stat().st_size > 10_000
     fig, rendered = plots.experiment_figure(sweep)
     heatmaps = [ax for ax in fig.axes if ax.images]
     values = 1 if isinstance(cfg.exp.value, str) else len(cfg.exp.value)
@@ -117,13 +119,13 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
 
     # a relaunch that only relabels the figure trains nothing and renders the new description
     before = {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")}
-    png = (tmp_path / "figures" / f"{name}.png").read_bytes()
+    png = (sweep / f"{name}.png").read_bytes()
     result = subprocess.run([sys.executable, "-m", "warmup.train", *args, "exp.title=Relabelled"], cwd=tmp_path,
                             capture_output=True, text=True, env=CLI_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("already finished") == len(before)
     assert {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")} == before
-    assert (tmp_path / "figures" / f"{name}.png").read_bytes() != png  # rendering is deterministic: the title changed
+    assert (sweep / f"{name}.png").read_bytes() != png  # rendering is deterministic: the title changed
     assert plots.experiment_figure(sweep, {**cfg.exp, "title": "Relabelled"})[0].get_suptitle() == "Relabelled"
     assert fig.get_suptitle() != "Relabelled"
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from warmup import loop, records
+from warmup import config, records, run
 
 
 def test_atomic_write_leaves_only_the_final_file(tmp_path):
@@ -26,13 +26,13 @@ def test_only_results_count_as_finished(tmp_path):
 
 
 def test_run_status_rules():
-    assert loop.run_status(True, 0.9, 0.1) == "diverged"
-    assert loop.run_status(False, 0.149, 0.1) == "failed"  # below 1.5 × chance
-    assert loop.run_status(False, float("nan"), 0.1) == "failed"
-    assert loop.run_status(False, 0.151, 0.1) == "converged"
+    assert run.status(True, 0.9, 0.1) == "diverged"
+    assert run.status(False, 0.149, 0.1) == "failed"  # below 1.5 × chance
+    assert run.status(False, float("nan"), 0.1) == "failed"
+    assert run.status(False, 0.151, 0.1) == "converged"
 
 
 def test_flat_config_dots_nested_keys_and_keeps_lists_and_empty_dicts_as_leaves():
-    config = {"model": {"name": "fcn", "widths": [4, 8]}, "seed": 0, "extra": {}, "a": {"b": {"c": None}}}
-    assert records.flat_config(config) == {"model.name": "fcn", "model.widths": [4, 8], "seed": 0, "extra": {},
+    nested = {"model": {"name": "fcn", "widths": [4, 8]}, "seed": 0, "extra": {}, "a": {"b": {"c": None}}}
+    assert config.flat(nested) == {"model.name": "fcn", "model.widths": [4, 8], "seed": 0, "extra": {},
                                            "a.b.c": None}

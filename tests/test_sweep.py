@@ -4,7 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from warmup import records, sweep, train
+from warmup import config, records, sweep
+from warmup.run import execute
 from conftest import TINY, compose_config
 
 # (overrides, expected status): a 2 η × 2 T_wrm grid over two seeds (so the training subset, the initial
@@ -33,7 +34,7 @@ def grid(data_root, tmp_path_factory):
     cfgs = configs(data_root)
     batched_dirs = [root / "batched" / f"cell{i}" for i in range(len(cfgs))]
     batched = sweep.run_batched(cfgs, batched_dirs)
-    sequential = [train.execute(cfg, root / "sequential" / f"cell{i}") for i, cfg in enumerate(cfgs)]
+    sequential = [execute(cfg, root / "sequential" / f"cell{i}") for i, cfg in enumerate(cfgs)]
     return cfgs, batched_dirs, batched, [root / "sequential" / f"cell{i}" for i in range(len(cfgs))], sequential
 
 
@@ -76,12 +77,12 @@ def test_float64_measurements_batch_like_sequential_runs(data_root, tmp_path):
     cfgs = configs(data_root, CELLS[:2], extra=("sharpness.dtype=float64",))
     batched = sweep.run_batched(cfgs, [tmp_path / "batched" / f"cell{i}" for i in range(2)])
     for i, cfg in enumerate(cfgs):
-        sequential = train.execute(cfg, tmp_path / "sequential" / f"cell{i}")
+        sequential = execute(cfg, tmp_path / "sequential" / f"cell{i}")
         assert_same_run(tmp_path / "batched" / f"cell{i}", batched[i], tmp_path / "sequential" / f"cell{i}", sequential)
         assert records.read_metrics(tmp_path / "batched" / f"cell{i}").sharpness.notna().sum() == 4
 
 
-def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, capsys):
+def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, caplog):
     cfgs, batched_dirs, batched, _, _ = grid
     dirs = [tmp_path / d.name for d in batched_dirs]
     for src, dst in zip(batched_dirs, dirs):
@@ -91,8 +92,9 @@ def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, cap
     records.write_summary(dirs[1], {**summary, "status": "running", "steps_completed": 8})
     records.write_metrics(dirs[1], records.read_metrics(dirs[1]).iloc[:8])
     before = {i: (dirs[i] / "metrics.csv").read_text() for i in (0, 2, 3, 4)}
-    summaries = sweep.run_batched(cfgs, dirs)
-    assert capsys.readouterr().out.count("already finished") == 4
+    with caplog.at_level("INFO", logger="warmup"):
+        summaries = sweep.run_batched(cfgs, dirs)
+    assert caplog.text.count("already finished") == 4
     for i in (0, 2, 3, 4):
         assert (dirs[i] / "metrics.csv").read_text() == before[i]
         assert summaries[i] == batched[i]
@@ -103,7 +105,7 @@ def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, cap
 def test_relaunch_with_another_config_stops_before_training(grid, data_root):
     cfgs, batched_dirs, _, _, _ = grid
     before = [(d / "metrics.csv").read_text() for d in batched_dirs]
-    with pytest.raises(train.ConfigError, match="^sharpness.every=1: .*cell0 holds a finished run with sharpness.every=5"):
+    with pytest.raises(config.ConfigError, match="^sharpness.every=1: .*cell0 holds a finished run with sharpness.every=5"):
         sweep.run_batched(configs(data_root, extra=("sharpness.every=1",)), batched_dirs)
     assert [(d / "metrics.csv").read_text() for d in batched_dirs] == before
 

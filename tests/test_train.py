@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from warmup import records, train
+from warmup import build, config, records, train
+from warmup.run import execute
 from conftest import CLI_ENV, TINY, compose_config
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -87,7 +88,7 @@ def test_finished_run_is_skipped(run, data_root, tmp_path):
     run_dir, summary = run("schedule.lr_trgt=0.05")
     before = (run_dir / "metrics.csv").read_text()
     cfg = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05"])
-    assert train.execute(cfg, run_dir) == summary
+    assert execute(cfg, run_dir) == summary
     assert (run_dir / "metrics.csv").read_text() == before
 
 
@@ -96,13 +97,17 @@ def test_finished_run_of_another_config_is_an_error_not_a_skip(run, data_root, t
     before = (run_dir / "metrics.csv").read_text()
     changed = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05", "+exp.title=original",
                               "model.width=16"])
-    with pytest.raises(train.ConfigError, match=f"^model.width=16: {re.escape(str(run_dir))} holds a finished run "
+    with pytest.raises(config.ConfigError, match=f"^model.width=16: {re.escape(str(run_dir))} holds a finished run "
                                                 "with model.width=32; launch into another"):
-        train.execute(changed, run_dir)
-    # where the data lies, progress bars, chunking and the figure's labels do not change the numbers
-    same = compose_config([*TINY, f"data.root={tmp_path}", "schedule.lr_trgt=0.05", "train.chunk_steps=5",
+        execute(changed, run_dir)
+    # another copy of the data may hold other files: two roots never share one record
+    moved = compose_config([*TINY, f"data.root={tmp_path}", "schedule.lr_trgt=0.05", "+exp.title=original"])
+    with pytest.raises(config.ConfigError, match=f"^data.root={re.escape(str(tmp_path))}: "):
+        execute(moved, run_dir)
+    # progress bars, chunking and the figure's labels do not change the numbers
+    same = compose_config([*TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05", "train.chunk_steps=5",
                            "train.progress=true", "+exp.title=relabelled"])
-    assert train.execute(same, run_dir) == summary
+    assert execute(same, run_dir) == summary
     assert (run_dir / "metrics.csv").read_text() == before
 
 
@@ -117,10 +122,12 @@ def test_skip_above_matches_siblings_up_to_keys_that_do_not_change_the_numbers(d
     sibling("wider", "diverged", "schedule.lr_trgt_scale=1", "train.skip_above=diverged", "model.width=16")
     sibling("larger_lr", "diverged", "schedule.lr_trgt_scale=4", "train.skip_above=diverged")
     sibling("converged", "converged", "schedule.lr_trgt_scale=1", "train.skip_above=diverged")
-    assert train.smaller_lr_that_stopped(mine, tmp_path / "mine") is None
+    stopper = lambda: records.smaller_lr_that_stopped(OmegaConf.to_container(mine, resolve=True), tmp_path / "mine",
+                                                      ("diverged",))
+    assert stopper() is None
     sibling("rechunked", "diverged", "schedule.lr_trgt_scale=1", "train.skip_above=diverged", "train.chunk_steps=5",
             "+exp.title=relabelled")
-    assert train.smaller_lr_that_stopped(mine, tmp_path / "mine") == tmp_path / "rechunked"
+    assert stopper() == tmp_path / "rechunked"
 
 
 def cli(*args, env=None):
@@ -144,15 +151,15 @@ def assert_one_line_error(result, words):
     ("schedule.decay=maybe", "schedule.decay=maybe: must be true or false"),
     ("param.full_mup=1", "param.full_mup=1: must be true or false"),
     ("data.augment.flip=maybe", "data.augment.flip=maybe: must be true or false"),
-    ("data.augment.mixup_alpha=-1", "data.augment.mixup_alpha=-1: must be >= 0"),
-    ("sharpness.tol=-1", "sharpness.tol=-1: must be a number >= 0"),
-    ("sharpness.init_tol=abc", "sharpness.init_tol=abc: must be a number >= 0"),
+    ("data.augment.mixup_alpha=-1", "data.augment.mixup_alpha=-1: must be a finite number >= 0"),
+    ("sharpness.tol=-1", "sharpness.tol=-1: must be a finite number >= 0"),
+    ("sharpness.init_tol=abc", "sharpness.init_tol=abc: must be a finite number >= 0"),
     ("sharpness.max_iters=0", "sharpness.max_iters=0: must be an integer >= 1"),
     ("sharpness.init_max_iters=2.5", "sharpness.init_max_iters=2.5: must be an integer >= 1"),
 ])
 def test_bad_values_name_key_and_value(override, message):
-    with pytest.raises(train.ConfigError, match="^" + re.escape(message)):
-        train.validate(compose_config(["schedule.lr_trgt=0.1", override]))
+    with pytest.raises(config.ConfigError, match="^" + re.escape(message)):
+        config.validate(compose_config(["schedule.lr_trgt=0.1", override]))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -174,9 +181,9 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
 
 
 def test_sharpness_dtype_must_be_float32_or_float64():
-    train.validate(compose_config(["schedule.lr_trgt=0.1", "sharpness.dtype=float64"]))
-    with pytest.raises(train.ConfigError, match="^sharpness.dtype=float16: unknown; allowed: float32, float64$"):
-        train.validate(compose_config(["schedule.lr_trgt=0.1", "sharpness.dtype=float16"]))
+    config.validate(compose_config(["schedule.lr_trgt=0.1", "sharpness.dtype=float64"]))
+    with pytest.raises(config.ConfigError, match="^sharpness.dtype=float16: unknown; allowed: float32, float64$"):
+        config.validate(compose_config(["schedule.lr_trgt=0.1", "sharpness.dtype=float16"]))
 
 
 @pytest.mark.parametrize("args, words", [
@@ -195,7 +202,7 @@ def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_
 
 def test_precheck_validates_every_value_of_an_experiments_grid(monkeypatch):
     seen = []
-    monkeypatch.setattr(train, "validate", lambda cfg: seen.append(
+    monkeypatch.setattr(config, "validate", lambda cfg: seen.append(
         (cfg.param.name, cfg.loss.name, cfg.schedule.warmup_steps, cfg.schedule.lr_trgt_scale)))
     train.precheck(["+exp=fig3_cpu", "schedule.warmup_steps=2,3"])  # the command line replaces the grid's T_wrm
     grid = compose_config(["+exp=fig3_cpu"], with_hydra=True).hydra.sweeper.params
@@ -236,3 +243,59 @@ def test_persistent_catapult_warmup_reaches_lr_trgt_without_decreasing_lr(run):
     assert events and all(e["start_step"] <= e["recovery_step"] <= t_reach for e in events)
     assert [e["lr"] for e in events] == sorted(e["lr"] for e in events)
     assert max(e["lr"] for e in events) <= lr_trgt
+
+
+def run_cli(tmp_path, data_root, *args):
+    return cli(*TINY, f"data.root={data_root}", *args, env={"HOME": str(tmp_path)})
+
+
+def test_a_refused_relaunch_touches_nothing_and_the_log_holds_the_run(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(tmp_path, data_root, "schedule.lr_trgt=0.05", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "converged after 20 steps" in (run_dir / "train.log").read_text()  # Python logging feeds train.log
+    assert (run_dir / ".hydra" / "overrides.yaml").exists()
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    refused = run_cli(tmp_path, data_root, "schedule.lr_trgt=0.05", "model.width=16", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(refused, ["model.width=16", "holds a finished run with model.width=32"])
+    assert sorted(p for p in run_dir.rglob("*") if p.is_file()) == files
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+
+
+@pytest.mark.parametrize("args, words", [
+    (["schedule.warmup_step=10"], ["schedule.warmup_step: unknown key", "did you mean schedule.warmup_steps"]),
+    (["+schedule.warmup_step=10"], ["schedule.warmup_step: unknown key", "did you mean schedule.warmup_steps"]),
+    (["-cd", str(config.CONFIG_DIR), "schedule.lr_trgt=inf"], ["schedule.lr_trgt=inf", "finite"]),
+    (["--cfg", "job", "schedule.lr_trgt=nan"], ["schedule.lr_trgt=nan", "finite"]),
+    (["-m", "schedule.lr_trgt=0.1,inf"], ["schedule.lr_trgt=inf"]),
+    (["-m", "schedule.lr_trgt=0.1", "data.num_examples=64,100000"], ["data.num_examples=100000", "60000"]),
+])
+def test_bad_keys_and_values_stop_before_anything_runs(args, words, tmp_path):
+    result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 env={"HOME": str(tmp_path)})
+    assert_one_line_error(result, words)
+    assert "+" not in result.stderr.split(":", 2)[-1].split("did you mean")[0]  # never Hydra's `+key` hint
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = cli("schedule.lr_trgt=0.1", f"hydra.run.dir={blocker / 'run'}", env={"HOME": str(tmp_path)})
+    assert_one_line_error(result, ["hydra.run.dir=", str(blocker), "not a writable directory"])
+
+
+def test_a_sweep_with_many_overrides_gets_a_short_cell_name(data_root, tmp_path):
+    many = [f"+exp.note{i}=a_rather_long_value_{i}" for i in range(12)]
+    result = cli("-m", *TINY, f"data.root={data_root}", "schedule.lr_trgt=0.05", "train.steps=2", *many,
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    (cell,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+    assert len(cell.name.encode()) <= config.MAX_CELL_NAME and records.finished_summary(cell)["status"]
+
+
+def test_a_relaunch_removes_what_a_killed_write_left(tmp_path):
+    (tmp_path / ".metrics.csv.abc.tmp").write_text("half")
+    records.start(tmp_path, {"seed": 0}, {"status": "running"})
+    assert not list(tmp_path.glob(".*.tmp")) and records.read_summary(tmp_path)["status"] == "running"

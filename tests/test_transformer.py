@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from warmup import losses, records, text, train
+from warmup import config, losses, records, text
 from warmup.models import Embed, adam_lr_multipliers, build_model, layer_kinds
 from warmup.models.transformer import NORMS, sinusoidal_positions
 from conftest import TINY, compose_config, runner
@@ -200,4 +200,4 @@ def test_mechanism_experiments_compose(exp):
     assert cfg.model.name == "transformer" and cfg.loss.name == "xent"
     assert cfg.data.name == ("pydoc" if exp.endswith("_cpu") else "wikitext2")
     assert set(cfg.hydra.sweeper.params["model.norm"].split(",")) == {"pre", "pre_no_final"}
-    train.validate(cfg)
+    config.validate(cfg)

@@ -6,8 +6,10 @@ L(θ₀ − η·d₀). With η_init = η_c the linear warmup η_t = η_c + η_tr
 stability, reaching η_trgt after T_reach = T_wrm(1 − η_c/η_trgt) steps instead of T_wrm.
 
 The searches run on the host (their control flow depends on every probe's value); each probe is one call of a
-jitted function in which η is traced, so a search compiles once per loss function.
+jitted function in which η is traced, so a search compiles once per loss function. The drivers at the end
+(`plan_catapult`, `check_catapult`, `persistent_warmup`) run them for a built run (`build.Built`).
 """
+import logging
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -17,7 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from warmup import loop
 from warmup.schedules import ScheduleParams, schedule_params
+
+log = logging.getLogger(__name__)
 
 
 class SearchResult(NamedTuple):
@@ -173,3 +178,100 @@ def persistent_catapult_warmup(step_fn: Callable, loss_fn: Callable, direction_f
         if recovery is None:
             break
     return state, np.asarray(lrs), events, lr >= lr_trgt
+
+
+# ---- drivers for a built run ----------------------------------------------------------------------------------
+
+def search_catapult(b, lr_trgt: float, search) -> SearchResult:
+    """η_c (Alg. 1–2) of a built run `b` from the optimiser's real first step at θ₀, probed on the measurement batch
+    (the training set for full-batch runs); η is capped at η_trgt, so `found=False` means η_trgt ≤ η_c. `search`:
+    a `build.Search`."""
+    measure_loss = b.measurement_loss()
+    direction = first_direction(b.tx, jax.grad(measure_loss)(b.params), b.params)
+    return search_eta_c(measure_loss, b.params, direction, lr_start=min(search.lr_start, lr_trgt), lr_max=lr_trgt,
+                        delta=search.delta, max_forward_passes=search.max_forward_passes)
+
+
+class CatapultCheck(NamedTuple):
+    outcome: str  # "recovered" (a catapult), "diverged" (no catapult), or "undecided" within the steps
+    steps: int  # updates taken
+    losses: list[float]  # L(θ_t)/L(θ₀) on the measurement batch, t = 0 … steps
+
+
+def check_catapult(b, eta_c: float, max_steps: int, divergence_factor: float) -> CatapultCheck:
+    """Train from θ₀ at constant η_c on the measurement batch (the optimiser's real updates) until the loss returns
+    below L(θ₀) — the loss rise of the search was a catapult — or diverges (non-finite, or above divergence_factor ×
+    L(θ₀)): then the rise was the onset of divergence and there is no catapult to start the warmup from. SGD on a
+    Transformer is such a case (the paper sees no catapults there): LM-4-128 on the pydoc corpus first raises its
+    one-step loss near 58/λ₀ᴴ, and GD at that η multiplies the loss by 10⁴ within 4 steps."""
+    measure_loss = b.measurement_loss()
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(measure_loss)(params)
+        updates, opt_state = b.tx.update(grads, opt_state, params)
+        return jax.tree.map(lambda p, u: p - eta_c * u, params, updates), opt_state, loss
+
+    params, opt_state = b.params, b.tx.init(b.params)
+    losses = []
+    for t in range(max_steps + 1):
+        params, opt_state, loss = step(params, opt_state)  # `loss` is L(θ_t), before this update
+        losses.append(float(loss))
+        ratio = losses[-1] / losses[0]
+        relative = lambda: [x / losses[0] for x in losses]
+        if not math.isfinite(ratio) or ratio > divergence_factor:
+            return CatapultCheck("diverged", t, relative())
+        if t > 0 and ratio < 1:
+            return CatapultCheck("recovered", t, relative())
+    return CatapultCheck("undecided", max_steps, [x / losses[0] for x in losses])
+
+
+def plan_catapult(b, run, lr_trgt: float, linear: ScheduleParams) -> tuple[ScheduleParams, dict]:
+    """`schedule.init=catapult`: the η_c search (and its check), then the catapult schedule — or `linear` when the
+    check finds no catapult — and the summary fields of the search. `run`: a `build.RunSpec`."""
+    found = search_catapult(b, lr_trgt, run.search)
+    search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes)
+    if found.found and run.search.check_steps > 0:
+        check = check_catapult(b, found.eta_c, run.search.check_steps, run.divergence_factor)
+        search.update(catapult_check=check.outcome, catapult_check_steps=check.steps,
+                      catapult_check_losses=check.losses)
+        if check.outcome == "diverged":  # no catapult: report it, and warm up linearly from lr_init instead
+            log.info(f"schedule.init=catapult: no catapult — one step at η = {found.eta_c:.4g} raises the loss, but "
+                     f"training at that η diverges within {check.steps} steps; warming up from schedule.lr_init")
+            search.update(eta_c=None, eta_c_found=False, no_catapult_lr=found.eta_c, t_reach=None, t_save=None)
+            return linear, search
+    search.update(t_reach=float(t_reach(found.eta_c, lr_trgt, run.warmup_steps)),
+                  t_save=float(t_save(found.eta_c, lr_trgt, run.warmup_steps, found.forward_passes)))
+    return catapult_schedule(found.eta_c, lr_trgt, run.warmup_steps, **run.decay), search
+
+
+def persistent_warmup(b, run, state: loop.LoopState, lr_trgt: float, loss_bound: float,
+                      record: Callable) -> tuple[loop.LoopState, ScheduleParams, dict]:
+    """Alg. 3 (`persistent_catapult_warmup`) driving the compiled loop of a built run one update at a time, so its
+    steps log the usual metrics (λᴴ included) through `record(state, rows)`. Catapults are judged on the measurement
+    batch (the training set for full-batch runs) and each search probes the optimiser's real next direction there.
+
+    Returns the state when η_trgt is reached, the schedule for the remaining steps (η_trgt from then on, then the
+    configured decay), and the summary fields: `t_reach` (updates until η_trgt; None if never) and
+    `persistent_catapults` (each catapult's η, start step, recovery step and reference loss L(θ*)).
+    """
+    one_step = b.chunk_fn(chunk_steps=1)
+    measure_loss = b.measurement_loss()
+    direction = jax.jit(lambda p, opt_state: b.tx.update(jax.grad(measure_loss)(p), opt_state, p)[0])
+
+    def step_fn(state, lr):
+        sched = schedule_params(lr_trgt=lr, warmup_steps=1)
+        state, rows = loop.run_chunk(one_step, state, sched, b.arrays, loss_bound=loss_bound, total_steps=run.steps)
+        record(state, rows)
+        return state, math.nan if bool(state.frozen) else float(rows["train_loss"][-1])
+
+    state, _, events, reached = persistent_catapult_warmup(
+        step_fn, measure_loss, lambda st: direction(st.params, st.opt_state), state, params_of=lambda st: st.params,
+        lr_trgt=lr_trgt, delta=run.search.delta, lr_start=min(run.search.lr_start, lr_trgt), max_steps=run.steps,
+        max_forward_passes=run.search.max_forward_passes)
+    steps_taken = int(state.step)
+    after = schedule_params(lr_trgt=lr_trgt, warmup_steps=max(steps_taken, 1), lr_init=lr_trgt, **run.decay)
+    found = dict(t_reach=steps_taken if reached else None,
+                 persistent_catapults=[dict(lr=e.lr, start_step=e.start_step, recovery_step=e.recovery_step,
+                                            reference_loss=e.reference_loss) for e in events])
+    return state, after, found

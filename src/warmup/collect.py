@@ -17,6 +17,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from warmup import records
+from warmup.config import flat, is_result_key
 
 ALIASES = {
     "optimizer.name": "optimizer", "param.name": "param", "loss.name": "loss", "model.name": "model",
@@ -24,16 +25,16 @@ ALIASES = {
     "data.num_examples": "num_examples", "train.steps": "steps", "schedule.warmup_steps": "warmup_steps",
     "schedule.lr_init": "lr_init", "schedule.lr_trgt_scale": "lr_trgt_scale",
 }
-DROPPED = ("data.root", "train.progress")  # where the data lay and whether a bar was drawn: not part of a cell
 FIRST = ("run", "status", "optimizer", "param", "loss", "model", "width", "depth", "data", "num_examples",
          "batch_size", "steps", "seed", "warmup_steps", "lr_init", "schedule.lr_trgt", "lr_trgt_scale", "lr_trgt",
          "c", "lambda0")
 
 
 def config_columns(config: dict) -> dict:
-    """A resolved config as {column: scalar}: dotted keys, `ALIASES` applied, `DROPPED` and hydra.* removed."""
+    """A resolved config as {column: scalar}: dotted keys, `ALIASES` applied, hydra.* and the keys that do not
+    change the numbers (`config.NOT_A_RESULT`) removed."""
     return {ALIASES.get(k, k): repr(v) if isinstance(v, (list, dict)) else v
-            for k, v in records.flat_config(config).items() if k not in DROPPED and not k.startswith("hydra.")}
+            for k, v in flat(config).items() if is_result_key(k) and not k.startswith("hydra.")}
 
 
 # What run records' summaries hold (train.execute, sweep.run_batched) plus `c`: never part of a cell's key.

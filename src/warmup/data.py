@@ -6,9 +6,10 @@ pickles (extracted folder or the `.tar.gz` itself) — and standardises each ima
 seeded training subset. Device side (jax, pure, jit- and vmap-able): `draw_batch` and `augment` draw a
 minibatch and its augmentation from a PRNG key inside the compiled training step.
 
-Files are looked up under `data.root`, `$WARMUP_DATA_DIR` (or its `<name>/`), `/usr/share/datasets/<name>`
-and `~/.cache/warmup/<name>`; if none holds them and the network is reachable, the official files are
-downloaded into `data.root` (or `~/.cache/warmup/<name>`).
+Files are looked up under `data.root` (or its `<name>/`) when it is given, and nowhere else; otherwise under
+`$WARMUP_DATA_DIR` (or its `<name>/`), `/usr/share/datasets/<name>` and `~/.cache/warmup/<name>`. If none holds
+them and the network is reachable, the official files are downloaded into `data.root` (or `~/.cache/warmup/<name>`).
+A file that cannot be read as its format is a `DataFileError` naming it.
 """
 
 import gzip
@@ -71,6 +72,10 @@ class DataNotFoundError(FileNotFoundError):
     """The dataset's files are in none of the searched folders and could not be downloaded."""
 
 
+class DataFileError(OSError):
+    """A dataset file exists but cannot be read as its format (truncated, another format): the message names it."""
+
+
 def _check_name(name: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"data.name={name}: unknown; allowed: {', '.join(DATASETS)}")
@@ -97,7 +102,11 @@ def _required(name: str) -> str:
 
 
 def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
-    given = [pathlib.Path(d).expanduser() for d in (root, os.environ.get(ENV_VAR)) if d]
+    """Where to look: a given `root` (or its `<name>/`) only, never another copy; else $WARMUP_DATA_DIR, the system
+    folder and the cache."""
+    if root:
+        return [pathlib.Path(root).expanduser(), pathlib.Path(root).expanduser() / name]
+    given = [pathlib.Path(d).expanduser() for d in (os.environ.get(ENV_VAR),) if d]
     return [*(p for d in given for p in (d, d / name)),
             SYSTEM_DIR / _SYSTEM_NAMES[name], pathlib.Path.home() / ".cache" / "warmup" / name]
 
@@ -152,13 +161,16 @@ def find_root(name: str, root: str | None) -> pathlib.Path:
 
 def _read_idx(path: pathlib.Path) -> np.ndarray:
     """An unsigned-byte IDX array: big-endian magic (2051 images, 2049 labels), then one uint32 per dimension."""
-    raw = gzip.decompress(path.read_bytes())
-    magic = int.from_bytes(raw[:4], "big")
-    if magic not in _IDX_MAGIC:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic}, expected 2051 or 2049)")
-    ndim = _IDX_MAGIC[magic]
-    shape = tuple(np.frombuffer(raw, ">u4", ndim, offset=4).astype(int))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        raw = gzip.decompress(path.read_bytes())
+        magic = int.from_bytes(raw[:4], "big")
+        if magic not in _IDX_MAGIC:
+            raise ValueError(f"magic {magic}, expected 2051 or 2049")
+        ndim = _IDX_MAGIC[magic]
+        shape = tuple(np.frombuffer(raw, ">u4", ndim, offset=4).astype(int))
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, EOFError, ValueError) as err:  # gzip's BadGzipFile is an OSError
+        raise DataFileError(f"{path}: not a readable unsigned-byte IDX .gz file ({' '.join(str(err).split())})") from err
 
 
 def _load_idx(folder: pathlib.Path):
@@ -168,7 +180,13 @@ def _load_idx(folder: pathlib.Path):
 
 def _load_cifar(name: str, source: pathlib.Path):
     """CIFAR pickles: b'data' (N, 3072) uint8, each row the R, G, B planes of a 32×32 image, row-major."""
-    c = _CIFAR[name]
+    try:
+        return _read_cifar(_CIFAR[name], source)
+    except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError, tarfile.TarError) as err:
+        raise DataFileError(f"{source}: not a readable CIFAR python pickle set ({' '.join(str(err).split())})") from err
+
+
+def _read_cifar(c: _Cifar, source: pathlib.Path):
     if source.is_dir():
         batches = {f: pickle.loads((source / f).read_bytes(), encoding="bytes") for f in (*c.train, c.test)}
     else:

@@ -4,7 +4,7 @@ Everything that happens per step — batch draw, augmentation, forward/backward,
 test evaluation and the divergence decision — runs inside one `lax.scan` chunk; the host only sees a chunk's metric
 arrays. Where η_t is computed: `schedules.learning_rate` inside `train_step`. Where λᴴ is measured:
 `curvature_of`, on the step's own linearisation (`step_with_curvature`) or on the measurement batch (`measure`).
-Where a run's status is decided: the `frozen` / `diverged_step` fields here, and `run_status` for the end of a run.
+Divergence is decided here, in the program (`frozen` / `diverged_step`); a run's status in `run.status`.
 """
 import dataclasses
 from typing import Any, Callable, Iterator, NamedTuple
@@ -16,9 +16,8 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from warmup import curvature, data, schedules, text
+from warmup import curvature, schedules
 from warmup.losses import correct
-from warmup.optim import adam_moments
 
 
 class Arrays(NamedTuple):
@@ -43,19 +42,20 @@ class LoopState(NamedTuple):
     pre_eigvec: jax.Array  # (2, n) the same for λ^{P⁻¹H}
 
 
+class Optimizer(NamedTuple):
+    """The optimiser as the loop needs it: its transform (the update direction), the stability thresholds of λᴴ and
+    λ^{P⁻¹H} at η (`curvature.thresholds`), and the preconditioner P of λ^{P⁻¹H} read from the state after an
+    update, in a dtype (None: no preconditioned sharpness, i.e. SGD)."""
+    tx: optax.GradientTransformation
+    thresholds: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+    preconditioner: Callable[[Any, str], Any] | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """Static choices: they select code paths at trace time (changing them recompiles)."""
-    optimizer: str
-    momentum: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    batch_size: int | None = None
-    context: int | None = None  # language model: batches are `batch_size` random windows of this many tokens
-    flip: bool = False
-    crop: int = 0
-    mixup_alpha: float = 0.0
+    """Static choices of the loop itself: they select code paths at trace time (changing them recompiles). What a
+    batch is comes in as a function (`make_chunk_fn`'s `draw`), what the optimiser is as an `Optimizer`."""
+    measures_train_batch: bool = True  # the measurement batch (`Arrays`) is the batch every step trains on
     sharpness_every: int = 0
     sharpness_method: str = "lanczos"
     sharpness_max_iters: int = 20
@@ -65,15 +65,6 @@ class LoopConfig:
     eval_batch: int = 1000
     chunk_steps: int = 100
     scan_unroll: int = 1  # steps unrolled per scan iteration: convolutions run far slower in a rolled CPU loop
-
-    @property
-    def preconditioned(self) -> bool:
-        return self.optimizer != "sgd"
-
-    @property
-    def measures_train_batch(self) -> bool:
-        """Full batch without augmentation: the measurement batch is the batch the step trains on (`Arrays`)."""
-        return self.batch_size is None and not self.flip and self.crop == 0 and self.mixup_alpha == 0
 
     @property
     def shares_linearisation(self) -> bool:
@@ -132,117 +123,131 @@ def _skipped(v0):
     return curvature.EigResult(nan, v0, jnp.array(0, jnp.int32), nan)
 
 
-def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
-                  lr_multipliers=None, axis_name: str | None = None):
-    """A jitted `chunk(state, sched, arrays, loss_bound, total_steps) -> (state, metrics)` of `cfg.chunk_steps` steps.
-
-    Steps past `total_steps` or after divergence are no-ops whose metric rows carry `valid = False`.
-    `lr_multipliers` (full-μP per-layer rates c) make the update's preconditioner P/c.
-    `axis_name`: set it when the chunk is `jax.vmap`ped over runs with that axis name (`warmup.sweep`). A cond whose
-    predicate differs per run would become a select that measures every step; reducing `due` over the runs keeps a
-    real cond (all live runs share one step count, so they are due together) and selects per run inside it.
-    """
-
+def _when(axis_name: str | None):
+    """`when(due, measure, skip)`: `lax.cond`, or under `jax.vmap` over runs named `axis_name` a cond on whether any
+    run is due that selects per run inside (a per-run predicate would become a select that measures every step)."""
     def when(due, measure, skip):
         if axis_name is None:
             return lax.cond(due, measure, skip)
         any_due = lax.psum(due.astype(jnp.int32), axis_name) > 0
         return lax.cond(any_due, lambda: jax.tree.map(lambda a, b: jnp.where(due, a, b), measure(), skip()), skip)
+    return when
+
+
+def _curvature_fn(cfg: LoopConfig, optimizer: Optimizer, v0, pre_v0):
+    """`(hessian matvec, opt_state after the update) -> (λᴴ, λ^{P⁻¹H})` eigenpairs, solved in the measurement dtype and
+    returned in float32 (metrics, warm starts); λ^{P⁻¹H} is skipped without a preconditioner."""
+    solver = dict(method=cfg.sharpness_method, max_iters=cfg.sharpness_max_iters, tol=cfg.sharpness_tol)
+
+    def curvature_of(hessian, opt_state):
+        dtype = cfg.sharpness_dtype
+        eig, pre_eig = curvature.top_eigenpair(hessian, v0.astype(dtype), **solver), _skipped(pre_v0)
+        if optimizer.preconditioner is not None:
+            precond = optimizer.preconditioner(opt_state, dtype)
+            pre_eig = curvature.top_eigenpair(curvature.preconditioned_operator(hessian, precond),
+                                              pre_v0.astype(dtype), **solver)
+        return curvature.cast((eig, pre_eig), v0.dtype)
+
+    return curvature_of
+
+
+def _step_and_curvature(cfg: LoopConfig, optimizer: Optimizer, measure_loss, batch_loss, state: "LoopState", due,
+                        when):
+    """The step's loss, gradient and update, and (λᴴ, λ^{P⁻¹H}) where `due`: from the step's own linearisation when
+    the measurement batch is the training batch, else measured on the measurement batch at θ_t."""
+    v0, pre_v0 = _warm_start(state.eigvec, state.step), _warm_start(state.pre_eigvec, state.step)
+    curvature_of = _curvature_fn(cfg, optimizer, v0, pre_v0)
+    update = lambda grads: optimizer.tx.update(grads, state.opt_state, state.params)
+    skipped = lambda: (_skipped(v0), _skipped(pre_v0))
+
+    def plain_step():
+        value, grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
+        return (value, grads, *update(grads))
+
+    if cfg.sharpness_every > 0 and cfg.shares_linearisation:
+        def step_with_curvature():
+            value, grads, hessian = curvature.value_gradient_and_hessian(batch_loss, state.params, has_aux=True)
+            updates, opt_state = update(grads)
+            return value, grads, updates, opt_state, curvature_of(hessian, opt_state)
+
+        return when(due, step_with_curvature, lambda: (*plain_step(), skipped()))
+    value, grads, updates, opt_state = plain_step()
+    if cfg.sharpness_every == 0:
+        return value, grads, updates, opt_state, skipped()
+
+    def measure():
+        with curvature.precision(cfg.sharpness_dtype):
+            params = curvature.cast(state.params, cfg.sharpness_dtype)
+            matvec, _ = curvature.flat_operator(measure_loss, params)
+            return curvature_of(matvec, opt_state)
+
+    return value, grads, updates, opt_state, when(due, measure, skipped)
+
+
+def _curvature_metrics(eig, pre_eig, lr, optimizer: Optimizer) -> dict:
+    nan = jnp.array(jnp.nan, jnp.float32)
+    sharp_thr, pre_thr = optimizer.thresholds(lr)
+    iterations = lambda e: jnp.where(jnp.isnan(e.value), jnp.nan, e.iterations.astype(jnp.float32))
+    return dict(
+        sharpness=eig.value, sharpness_iters=iterations(eig), sharpness_residual=eig.residual,
+        sharpness_threshold=sharp_thr,
+        pre_sharpness=pre_eig.value if optimizer.preconditioner is not None else nan,
+        pre_sharpness_threshold=pre_thr,
+        pre_sharpness_iters=iterations(pre_eig), pre_sharpness_residual=pre_eig.residual,
+    )
+
+
+def _advance(state: "LoopState", key, lr, updates, opt_state, eig, pre_eig, live, bad) -> "LoopState":
+    """θ_{t+1} = θ_t − η_t·d_t, unless the run is not live or this step's loss was bad (then frozen, step recorded)."""
+    apply = live & ~bad
+    select = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+    new_params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    return LoopState(
+        params=select(new_params, state.params),
+        opt_state=select(opt_state, state.opt_state),
+        key=key,
+        step=state.step + apply.astype(state.step.dtype),
+        frozen=state.frozen | (live & bad),
+        diverged_step=jnp.where(live & bad, state.step, state.diverged_step),
+        eigvec=state.eigvec.at[state.step % 2].set(eig.vector),
+        pre_eigvec=state.pre_eigvec.at[state.step % 2].set(pre_eig.vector),
+    )
+
+
+def make_chunk_fn(cfg: LoopConfig, apply_fn: Callable, loss_fn: Callable, optimizer: Optimizer, draw: Callable,
+                  axis_name: str | None = None):
+    """A jitted `chunk(state, sched, arrays, loss_bound, total_steps) -> (state, metrics)` of `cfg.chunk_steps` steps.
+
+    `draw((batch_key, augment_key), arrays) -> (x, y)` is the step's batch (a minibatch, its augmentation, random
+    text windows, or the full batch). Steps past `total_steps` or after divergence are no-ops whose metric rows
+    carry `valid = False`. `axis_name`: set it when the chunk is `jax.vmap`ped over runs with that axis name
+    (`warmup.sweep`): measurements then stay real conds (`_when`).
+    """
+    when = _when(axis_name)
 
     def train_step(state: LoopState, sched, arrays: Arrays, loss_bound, total_steps):
         key, batch_key, aug_key = jax.random.split(state.key, 3)
-        if cfg.context is not None and cfg.batch_size is not None:
-            x, y = text.draw_windows(batch_key, arrays.x_train, arrays.y_train, cfg.batch_size, cfg.context)
-        else:  # images; or a full-batch language model, whose x_train/y_train are all its windows
-            x, y = data.draw_batch(batch_key, arrays.x_train, arrays.y_train, cfg.batch_size)
-            x, y = data.augment(aug_key, x, y, flip=cfg.flip, crop=cfg.crop, mixup_alpha=cfg.mixup_alpha)
+        x, y = draw((batch_key, aug_key), arrays)
         batch_loss = lambda p: mean_loss(apply_fn, loss_fn, p, x, y)
         lr = schedules.learning_rate(state.step, sched)
         live = (~state.frozen) & (state.step < total_steps)
-        solver = dict(method=cfg.sharpness_method, max_iters=cfg.sharpness_max_iters, tol=cfg.sharpness_tol)
-        v0, pre_v0 = _warm_start(state.eigvec, state.step), _warm_start(state.pre_eigvec, state.step)
-
-        update = lambda grads: tx.update(grads, state.opt_state, state.params)
-
-        def plain_step():
-            value, grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
-            return (value, grads, *update(grads))
-
-        skipped = lambda: (_skipped(v0), _skipped(pre_v0))
         due = live & (state.step % max(cfg.sharpness_every, 1) == 0)
-
-        def curvature_of(hessian, opt_state):
-            """(λᴴ, λ^{P⁻¹H}) of a Hessian matvec, solved in its dtype, returned in float32 (metrics, warm starts)."""
-            dtype = cfg.sharpness_dtype
-            eig, pre_eig = curvature.top_eigenpair(hessian, v0.astype(dtype), **solver), _skipped(pre_v0)
-            if cfg.preconditioned:
-                moments = adam_moments(opt_state)  # after this step's update: count = t+1, nu = v_{t+1}
-                precond = curvature.adam_preconditioner(moments.count, curvature.cast(moments.nu, dtype), b1=cfg.b1,
-                                                        b2=cfg.b2, eps=cfg.eps)
-                if lr_multipliers is not None:
-                    precond = jax.tree.map(jnp.divide, precond, lr_multipliers)
-                pre_eig = curvature.top_eigenpair(curvature.preconditioned_operator(hessian, precond),
-                                                  pre_v0.astype(dtype), **solver)
-            return curvature.cast((eig, pre_eig), v0.dtype)
-
-        if cfg.sharpness_every > 0 and cfg.shares_linearisation:
-            def step_with_curvature():
-                value, grads, hessian = curvature.value_gradient_and_hessian(batch_loss, state.params, has_aux=True)
-                updates, opt_state = update(grads)
-                return value, grads, updates, opt_state, curvature_of(hessian, opt_state)
-
-            (loss, logits), grads, updates, opt_state, (eig, pre_eig) = when(
-                due, step_with_curvature, lambda: (*plain_step(), skipped()))
-        else:
-            (loss, logits), grads, updates, opt_state = plain_step()
-            if cfg.sharpness_every > 0:
-                def measure():
-                    with curvature.precision(cfg.sharpness_dtype):
-                        params = curvature.cast(state.params, cfg.sharpness_dtype)
-                        matvec, _ = curvature.flat_operator(measurement_loss(apply_fn, loss_fn, arrays), params)
-                        return curvature_of(matvec, opt_state)
-
-                eig, pre_eig = when(due, measure, skipped)
-            else:
-                eig, pre_eig = skipped()
+        (loss, logits), grads, updates, opt_state, (eig, pre_eig) = _step_and_curvature(
+            cfg, optimizer, measurement_loss(apply_fn, loss_fn, arrays), batch_loss, state, due, when)
         bad = ~jnp.isfinite(loss) | (loss > loss_bound)
-        apply = live & ~bad
-        nan = jnp.array(jnp.nan, jnp.float32)
-        sharp_thr, pre_thr = curvature.thresholds(lr, optimizer=cfg.optimizer, momentum=cfg.momentum, b1=cfg.b1)
-        iterations = lambda e: jnp.where(jnp.isnan(e.value), jnp.nan, e.iterations.astype(jnp.float32))
-        metrics = dict(
-            sharpness=eig.value, sharpness_iters=iterations(eig), sharpness_residual=eig.residual,
-            sharpness_threshold=sharp_thr,
-            pre_sharpness=pre_eig.value if cfg.preconditioned else nan,
-            pre_sharpness_threshold=pre_thr,
-            pre_sharpness_iters=iterations(pre_eig), pre_sharpness_residual=pre_eig.residual,
-        )
+        metrics = _curvature_metrics(eig, pre_eig, lr, optimizer)
+        test_loss = test_acc = jnp.array(jnp.nan, jnp.float32)
         if cfg.eval_every > 0:
-            due = live & (state.step % cfg.eval_every == 0)
             test_loss, test_acc = when(
-                due,
+                live & (state.step % cfg.eval_every == 0),
                 lambda: evaluate(apply_fn, loss_fn, state.params, arrays.x_test, arrays.y_test, arrays.w_test,
                                  cfg.eval_batch),
-                lambda: (nan, nan))
-        else:
-            test_loss = test_acc = nan
+                lambda: (jnp.array(jnp.nan, jnp.float32),) * 2)
         metrics.update(
             step=state.step, lr=lr, train_loss=loss, train_acc=jnp.mean(correct(logits, y)),
             grad_norm=optax.tree.norm(grads), test_loss=test_loss, test_acc=test_acc, valid=live,
         )
-        select = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
-        new_params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
-        state = LoopState(
-            params=select(new_params, state.params),
-            opt_state=select(opt_state, state.opt_state),
-            key=key,
-            step=state.step + apply.astype(state.step.dtype),
-            frozen=state.frozen | (live & bad),
-            diverged_step=jnp.where(live & bad, state.step, state.diverged_step),
-            eigvec=state.eigvec.at[state.step % 2].set(eig.vector),
-            pre_eigvec=state.pre_eigvec.at[state.step % 2].set(pre_eig.vector),
-        )
-        return state, metrics
+        return _advance(state, key, lr, updates, opt_state, eig, pre_eig, live, bad), metrics
 
     @jax.jit
     def chunk(state, sched, arrays, loss_bound, total_steps):
@@ -284,16 +289,3 @@ def run(chunk_fn, state: LoopState, sched, arrays: Arrays, *, loss_bound: float,
         if progress is not None:
             progress(len(rows["step"]), rows)  # updates done in this chunk, their rows
         yield state, rows
-
-
-def run_status(frozen: bool, final_train_acc: float, chance_acc: float) -> str:
-    """diverged (non-finite or exploding loss), failed (final train accuracy < 1.5 × chance), else converged.
-
-    `chance_acc`: the accuracy of the best input-blind guess — 1/K for K balanced classes, the most frequent
-    token's share for a language model (where 1/vocabulary would call almost any run converged).
-    """
-    if frozen:
-        return "diverged"
-    if not np.isfinite(final_train_acc) or final_train_acc < 1.5 * chance_acc:
-        return "failed"
-    return "converged"

@@ -169,6 +169,19 @@ def _first_index(flags: np.ndarray) -> float:
     return float(hits[0]) if len(hits) else np.nan
 
 
+def _draw_boundaries(ax, status: np.ndarray) -> None:
+    """The divergence boundary (solid red) and the failure boundary (dashed black) of a (T_wrm, η) status grid: the
+    left edge of the first flagged cell in each row."""
+    ys, xs = status.shape
+    for flags, style in ((status == "diverged", dict(color="red", lw=2)),
+                         (np.isin(status, ("diverged", "failed")), dict(color="black", lw=1.2, ls="--"))):
+        edge = np.array([_first_index(r) for r in flags]) - 0.5
+        if np.isfinite(edge).any():
+            steps_x = np.repeat(np.where(np.isfinite(edge), edge, xs - 0.5), 2)
+            steps_y = np.repeat(np.arange(ys) - 0.5, 2) + np.tile([0, 1], ys)
+            ax.plot(steps_x, steps_y, **style)
+
+
 def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_acc", x: str = "lr_trgt_scale",
                   y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
     """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
@@ -219,13 +232,7 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
                             fontsize=6, color="white" if dark(v) else "black")
                 elif mark:
                     ax.text(b, a, mark, ha="center", va="center", fontsize=8, color="black" if s else "grey")
-            for flags, style in ((status == "diverged", dict(color="red", lw=2)),
-                                 (np.isin(status, ("diverged", "failed")), dict(color="black", lw=1.2, ls="--"))):
-                edge = np.array([_first_index(r) for r in flags]) - 0.5  # left edge of the first flagged cell
-                if np.isfinite(edge).any():
-                    steps_x = np.repeat(np.where(np.isfinite(edge), edge, len(xs) - 0.5), 2)
-                    steps_y = np.repeat(np.arange(len(ys)) - 0.5, 2) + np.tile([0, 1], len(ys))
-                    ax.plot(steps_x, steps_y, **style)
+            _draw_boundaries(ax, status)
             ax.set_xticks(range(len(xs)), [_tick(v) for v in xs], fontsize=7, rotation=45)
             ax.set_yticks(range(len(ys)), [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in ys], fontsize=7)
             ax.set_xlabel(AXIS_LABELS.get(x, x))
@@ -270,10 +277,13 @@ except ImportError:  # pragma: no cover - hydra is a dependency; plots stay impo
 
 class RenderFigure(Callback):
     """Hydra callback: when an `+exp=figN` sweep ends, render its figure from the records it wrote, as the launch's
-    `exp` node describes it (a relaunch that only changes the figure's description re-renders without retraining)."""
+    `exp` node describes it (a relaunch that only changes the figure's description re-renders without retraining),
+    into `figure_dir` — by default beside the records, `<hydra.sweep.dir>/<exp.name>.png`. Titles interpolate the
+    settings they quote (`${model.width}`, …), so a shrunk launch is titled with what ran."""
 
-    def __init__(self, figure_dir: str = "figures"):
+    def __init__(self, figure_dir: str | None = None):
         self.figure_dir = figure_dir
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        render_experiment(config.hydra.sweep.dir, self.figure_dir, OmegaConf.to_container(config.exp, resolve=True))
+        sweep_dir = config.hydra.sweep.dir
+        render_experiment(sweep_dir, self.figure_dir or sweep_dir, OmegaConf.to_container(config.exp, resolve=True))

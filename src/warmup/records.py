@@ -1,10 +1,14 @@
-"""One directory per run: config.yaml, metrics.csv, summary.json, each written atomically (design §4)."""
+"""One directory per run: config.yaml, metrics.csv, summary.json, each written atomically (design §4); and whether
+a directory already holds this config's finished result (resume matching)."""
 import json
 import os
 import pathlib
 import tempfile
 
 import pandas as pd
+from omegaconf import OmegaConf
+
+from warmup.config import ConfigError, flat, is_result_key
 
 METRIC_COLUMNS = (
     "step", "lr", "train_loss", "train_acc", "grad_norm",
@@ -15,10 +19,14 @@ FINISHED = ("converged", "diverged", "failed", "skipped")  # skipped: train.skip
 
 
 def write_atomic(path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a half-written file."""
+    """Write to a temporary file beside `path`, then rename: readers never see a half-written file. A directory that
+    cannot be written is an OSError naming it."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OSError(f"{path.parent}: cannot write the run record ({err.strerror or err})") from err
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -29,17 +37,6 @@ def write_atomic(path, text: str) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def flat_config(config: dict, prefix: str = "") -> dict:
-    """A resolved config (plain nested dicts) as {dotted key: leaf}; lists and empty dicts are leaves."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def write_metrics(run_dir, metrics: pd.DataFrame) -> None:
@@ -62,14 +59,77 @@ def read_summary(run_dir) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_error(run_dir, err: BaseException) -> None:
-    """Mark a run that raised: status `error` and the exception's one-line description. Not a result (an error is
-    usually the machine's or the code's, not the hyperparameters'), so a relaunched sweep runs the cell again."""
+def write_config(run_dir, config: dict) -> None:
+    write_atomic(pathlib.Path(run_dir) / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+
+
+def read_config(run_dir) -> dict | None:
+    path = pathlib.Path(run_dir) / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else None
+
+
+def start(run_dir, config: dict, summary: dict, extra_files: dict[str, str] | None = None) -> None:
+    """A fresh attempt: config.yaml, `extra_files` ({relative path: text}) and a `running` summary; what a killed
+    attempt left (metrics, temporary files) is removed."""
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / "metrics.csv", *run_dir.glob(".*.tmp")):
+        stale.unlink(missing_ok=True)
+    write_config(run_dir, config)
+    for name, text in (extra_files or {}).items():
+        write_atomic(run_dir / name, text)
+    write_summary(run_dir, summary)
+
+
+def write_error(run_dir, err: BaseException, config: dict) -> None:
+    """Mark a run that raised: status `error` and the exception's one-line description (config.yaml too, if the
+    run did not get that far, so tables still list the cell). Not a result (an error is usually the machine's or the
+    code's, not the hyperparameters'), so a relaunched sweep runs the cell again."""
+    if read_config(run_dir) is None:
+        write_config(run_dir, config)
     summary = read_summary(run_dir) or {}
     write_summary(run_dir, {**summary, "status": "error", "error": f"{type(err).__name__}: {err}"})
 
 
-def finished_summary(run_dir) -> dict | None:
-    """The summary of a run that is a result (converged / diverged / failed / skipped, not redone), else None."""
+def finished_summary(run_dir, config: dict | None = None) -> dict | None:
+    """The summary of a run that is a result (converged / diverged / failed / skipped, not redone), else None.
+
+    With `config` (the resolved config about to run there), a finished record of another config is a ConfigError
+    naming the first differing key, not a result: relaunching into a record with changed settings would otherwise
+    return the old results under the new ones. Keys that do not change the numbers (`config.NOT_A_RESULT`) and keys
+    only one side has (a record written before the key existed) are not compared."""
     summary = read_summary(run_dir)
-    return summary if summary is not None and summary.get("status") in FINISHED else None
+    if summary is None or summary.get("status") not in FINISHED:
+        return None
+    stored = read_config(run_dir)
+    if config is not None and stored is not None:
+        stored, given = flat(stored), flat(config)
+        for key in sorted(k for k in stored.keys() & given.keys() if is_result_key(k)):
+            if stored[key] != given[key]:
+                raise ConfigError(f"{key}={given[key]}: {run_dir} holds a finished run with {key}={stored[key]}; "
+                                  "launch into another hydra.run.dir / hydra.sweep.dir, or remove that record")
+    return summary
+
+
+def _cell_key(config: dict) -> dict:
+    """A run's resolved config flattened, without η_trgt and the keys that do not change the numbers."""
+    return {k: repr(v) for k, v in flat(config).items()
+            if k not in ("schedule.lr_trgt", "schedule.lr_trgt_scale") and is_result_key(k)}
+
+
+def smaller_lr_that_stopped(config: dict, run_dir, statuses: tuple[str, ...]) -> pathlib.Path | None:
+    """The sibling record in `run_dir`'s sweep folder that stops this cell (`train.skip_above`): same config up to
+    η_trgt, a smaller η_trgt (given the same way), and one of `statuses`. This is how the paper swept: each T_wrm's
+    η axis ends at its first divergence / failure."""
+    run_dir = pathlib.Path(run_dir)
+    which = "lr_trgt" if config["schedule"]["lr_trgt"] is not None else "lr_trgt_scale"
+    key = _cell_key(config)
+    for sibling in sorted(run_dir.parent.iterdir()) if run_dir.parent.is_dir() else ():
+        summary = read_summary(sibling) if sibling != run_dir and sibling.is_dir() else None
+        theirs = read_config(sibling) if summary is not None and summary.get("status") in statuses else None
+        if theirs is None:
+            continue
+        lr = theirs["schedule"].get(which)
+        if lr is not None and lr < config["schedule"][which] and _cell_key(theirs) == key:
+            return sibling
+    return None

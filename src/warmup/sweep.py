@@ -19,6 +19,7 @@ loop's sharpness and test-evaluation conds depend on the per-cell step, so with 
 keep a real cond by reducing `due` over the cell axis: `make_chunk_fn(..., axis_name=...)`, which this module
 uses when the loop offers it.
 """
+import logging
 import pathlib
 import time
 from typing import Sequence
@@ -26,11 +27,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from warmup import curvature, loop, records, train
+from warmup import build, curvature, loop, records, run
+from warmup.config import NOT_A_RESULT, ConfigError, flat, validate
 
 # Config keys a batch may vary: they reach the program as traced arrays or only plan it on the host (η_c search).
 TRACED_KEYS = (
@@ -39,15 +39,15 @@ TRACED_KEYS = (
     "schedule.init", "schedule.search_delta", "schedule.search_lr_start", "schedule.search_max_forward_passes",
     "schedule.search_check_steps", "train.divergence_factor", "seed",
 )
-IGNORED_KEYS = ("train.progress",)  # no effect on the result
+log = logging.getLogger(__name__)
 AXIS = "cells"  # the vmapped axis's name, for loops whose conds reduce over it
 
 
 def static_signature(cfg: DictConfig) -> tuple:
-    """What must be equal for two cells to share one compiled program (everything but `TRACED_KEYS`)."""
-    skip = set(TRACED_KEYS) | set(IGNORED_KEYS)
-    flat = records.flat_config(OmegaConf.to_container(cfg, resolve=True))
-    return tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in skip))
+    """What must be equal for two cells to share one compiled program: every key but `TRACED_KEYS` and those that do
+    not change the numbers (`config.NOT_A_RESULT`: the batch runs with the first cell's)."""
+    keys = flat(OmegaConf.to_container(cfg, resolve=True))
+    return tuple(sorted((k, repr(v)) for k, v in keys.items() if k not in TRACED_KEYS and not k.startswith(NOT_A_RESULT)))
 
 
 def check_batchable(cfgs: Sequence[DictConfig]) -> None:
@@ -92,27 +92,13 @@ def _same(a, b) -> bool:
     return a is b or (a.shape == b.shape and bool(np.array_equal(np.asarray(a), np.asarray(b))))
 
 
-class _Seed:
-    """What a seed determines: the built objects, λ₀ᴴ with its eigenvector, and the initial loss."""
-
-    def __init__(self, cfg: DictConfig):
-        try:
-            self.built = train.build(cfg)
-        except ValueError as err:  # the library's own checks, as in train.execute
-            raise train.ConfigError(str(err)) from err
-        h, b = cfg.sharpness, self.built
-        self.eig0 = train.initial_sharpness(b, h.method, h.init_max_iters, h.init_tol, h.dtype)
-        self.lambda0 = float(self.eig0.value)
-        self.first_loss = float(train.measurement_loss(b)(b.params))
-
-
 def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) -> list[dict]:
     """Train every cell of `cfgs` into its `run_dirs[i]` in one vmapped program; return the summaries in order.
 
     Cells whose record is already finished are skipped (their summary is read back); unfinished ones (no record,
     or a `running` one from a killed batch) are trained from the start. The records — config.yaml, metrics.csv,
-    summary.json — have the content and status logic of `train.execute`, plus `batched_cells` (how many cells
-    shared the program); `wall_time_s` is the batch's time from its start to the end of that cell.
+    summary.json — come from the same lifecycle as `run.execute` (`run.Record`), plus `batched_cells` (how many
+    cells shared the program); `wall_time_s` is the batch's time from its start to the end of that cell.
     """
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"{len(cfgs)} configs but {len(run_dirs)} run directories")
@@ -125,9 +111,11 @@ def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) ->
     summaries: list[dict | None] = [None] * len(cfgs)
     todo = []
     for i, d in enumerate(run_dirs):
-        summaries[i] = train.finished_summary(cfgs[i], d)
+        summaries[i] = records.finished_summary(d, OmegaConf.to_container(cfgs[i], resolve=True))
         if summaries[i] is None:
             todo.append(i)
+        else:
+            log.info(f"{d}: already finished ({summaries[i]['status']}), skipped")
     if todo:
         for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo])):
             summaries[i] = summary
@@ -139,71 +127,74 @@ def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_c
     """Any grid: `partition` it into batchable groups (at most `max_cells` cells per program) and `run_batched` each.
 
     A group that raises does not stop the others: its unfinished cells are recorded with status `error` and the
-    exception is returned in their places. Bad configuration (`train.ConfigError`) is raised before any training.
+    exception is returned in their places. Bad configuration (`config.ConfigError`) is raised before any training.
     """
     run_dirs = [pathlib.Path(d) for d in run_dirs]
     for cfg in cfgs:
-        train.validate(cfg)
+        validate(cfg)
     groups = [g[i:i + (max_cells or len(g))] for g in partition(cfgs) for i in range(0, len(g), max_cells or len(g))]
     results: list[dict | Exception] = [None] * len(cfgs)
     for group in groups:
         try:
             for i, summary in zip(group, run_batched([cfgs[i] for i in group], [run_dirs[i] for i in group])):
                 results[i] = summary
-        except train.ConfigError:
+        except ConfigError:
             raise
         except Exception as err:  # recorded per cell; the other groups go on
             for i in group:
                 results[i] = records.finished_summary(run_dirs[i])
                 if results[i] is None:
-                    records.write_error(run_dirs[i], err)
+                    records.write_error(run_dirs[i], err, OmegaConf.to_container(cfgs[i], resolve=True))
                     results[i] = err
     return results
+
+
+def _prepare(cfgs: list[DictConfig]) -> tuple[list[build.RunSpec], list[run.Prepared], list[run.Plan]]:
+    """Each cell's spec, its seed's prepared run (one build and λ₀ᴴ per seed) and its plan: every check before any
+    record is written."""
+    specs = [build.spec(cfg) for cfg in cfgs]
+    seeds: dict[int, run.Prepared] = {}
+    for cfg, spec in zip(cfgs, specs):  # in first-seen order
+        if cfg.seed not in seeds:
+            seeds[cfg.seed] = run.prepare(cfg, spec)
+    m0 = seeds[cfgs[0].seed].built.lr_multipliers
+    for p in seeds.values():
+        m = p.built.lr_multipliers
+        if (m0 is None) != (m is None) or (m is not None and not all(
+                jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), m0, m)))):
+            raise ValueError("seed: the per-layer learning-rate multipliers differ between seeds; batch one seed")
+    cells = [seeds[c.seed] for c in cfgs]
+    return specs, cells, [run.plan(cell, spec) for cell, spec in zip(cells, specs)]
+
+
+def _stacked_arrays(cells: list[run.Prepared]) -> tuple[loop.Arrays, loop.Arrays]:
+    """The cells' data: a field shared by every seed is passed once (in_axes None), one that differs is stacked."""
+    b0 = cells[0].built
+    fields = loop.Arrays._fields
+    shared = {f: all(_same(getattr(b0.arrays, f), getattr(c.built.arrays, f)) for c in cells) for f in fields}
+    arrays = loop.Arrays(*(getattr(b0.arrays, f) if shared[f] else jnp.stack([getattr(c.built.arrays, f)
+                                                                             for c in cells]) for f in fields))
+    return arrays, loop.Arrays(*(None if shared[f] else 0 for f in fields))
 
 
 def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     start = time.perf_counter()
     for cfg in cfgs:
-        train.validate(cfg)
-    n, cfg0 = len(cfgs), cfgs[0]
-    seeds: dict[int, _Seed] = {}
-    for cfg in cfgs:  # one build per seed, in first-seen order
-        if cfg.seed not in seeds:
-            seeds[cfg.seed] = _Seed(cfg)
-    cells = [seeds[c.seed] for c in cfgs]
-    b0 = cells[0].built
-    for s in seeds.values():
-        m0, m = b0.lr_multipliers, s.built.lr_multipliers
-        if (m0 is None) != (m is None) or (m is not None and not all(
-                jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), m0, m)))):
-            raise ValueError("seed: the per-layer learning-rate multipliers differ between seeds; batch one seed")
-
-    steps = cfg0.train.steps
-    planned = [train.plan_schedule(cfg, cell.built, cell.lambda0) for cfg, cell in zip(cfgs, cells)]  # every check before any record is written
-    summaries = []
-    for cfg, cell, run_dir, (lr_trgt, _, search) in zip(cfgs, cells, run_dirs, planned):
-        # a half-finished earlier attempt is redone from scratch (start_record removes its metrics.csv)
-        summaries.append(train.start_record(cfg, run_dir, cell.built, cell.lambda0, lr_trgt, search, batched_cells=n))
-
-    # Arrays: a field shared by every seed is passed once (in_axes None), one that differs is stacked per cell.
-    fields = loop.Arrays._fields
-    shared = {f: all(_same(getattr(b0.arrays, f), getattr(c.built.arrays, f)) for c in seeds.values())
-              for f in fields}
-    arrays = loop.Arrays(*(getattr(b0.arrays, f) if shared[f] else jnp.stack([getattr(c.built.arrays, f)
-                                                                             for c in cells]) for f in fields))
-    array_axes = loop.Arrays(*(None if shared[f] else 0 for f in fields))
-    states = [loop.init_state(c.built.params, c.built.tx.init(c.built.params), c.built.key, c.eig0.vector)
-              for c in cells]
-    state, sched = _stack(states), _stack([p[1] for p in planned])
-    loss_bound = jnp.asarray([c.train.divergence_factor * cell.first_loss for c, cell in zip(cfgs, cells)],
-                             jnp.float32)
-    chunk_fn = loop.make_chunk_fn(b0.loop_cfg, b0.model.apply, b0.loss_fn, b0.tx, b0.lr_multipliers, axis_name=AXIS)
-    chunk = jax.jit(jax.vmap(chunk_fn, in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
-
-    evaluate = train.make_evaluate(b0, cfg0.train.eval_batch)
-    bar = tqdm(total=steps, unit="step", disable=None if cfg0.train.progress else True, dynamic_ncols=True,
-               leave=False)
-    chunks: list[list[pd.DataFrame]] = [[] for _ in range(n)]
+        validate(cfg)
+    specs, cells, plans = _prepare(cfgs)
+    n, b0, steps = len(cfgs), cells[0].built, specs[0].steps
+    # a half-finished earlier attempt is redone from scratch (Record removes its metrics.csv)
+    recs = [run.Record(d, spec, cell, plan, start, batched_cells=n)
+            for d, spec, cell, plan in zip(run_dirs, specs, cells, plans)]
+    arrays, array_axes = _stacked_arrays(cells)
+    state = _stack([loop.init_state(c.built.params, c.built.tx.init(c.built.params), c.built.key, c.eig0.vector)
+                    for c in cells])
+    sched = _stack([p.schedule for p in plans])
+    loss_bound = jnp.asarray([s.divergence_factor * c.first_loss for s, c in zip(specs, cells)], jnp.float32)
+    chunk = jax.jit(jax.vmap(b0.chunk_fn(axis_name=AXIS), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
+    evaluate = b0.evaluate_fn(specs[0].eval_batch)
+    bar = run.progress_bar(specs[0])
+    summaries: list[dict | None] = [None] * n
     open_cells = set(range(n))
     while open_cells:
         # vmap re-traces the measurement outside the loop's own float64 context: trace the batch in the
@@ -216,16 +207,11 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
         bar.update(int(valid.any(axis=0).sum()))
         bar.set_postfix(running=int((~frozen & (step < steps)).sum()), diverged=int(frozen.sum()))
         for i in sorted(open_cells):
-            rows = {name: np.asarray(values[i])[valid[i]] for name, values in metrics.items()}
-            chunks[i].append(pd.DataFrame(rows))
-            records.write_metrics(run_dirs[i], pd.concat(chunks[i], ignore_index=True))
-            records.write_summary(run_dirs[i], {**summaries[i], "steps_completed": int(step[i])})
+            recs[i].append({name: np.asarray(values[i])[valid[i]] for name, values in metrics.items()}, int(step[i]))
             if frozen[i] or step[i] >= steps:
                 open_cells.discard(i)
-                params = _cell(state.params, i)
-                summaries[i] = train.finish_record(
-                    cfgs[i], run_dirs[i], summaries[i], pd.concat(chunks[i], ignore_index=True), cells[i].built,
-                    params, frozen=bool(frozen[i]), steps_completed=int(step[i]),
-                    diverged_step=int(state.diverged_step[i]), evaluate=evaluate, start=start)
+                summaries[i] = recs[i].finish(_cell(state.params, i), frozen=bool(frozen[i]),
+                                              steps_completed=int(step[i]), diverged_step=int(state.diverged_step[i]),
+                                              evaluate=evaluate)
     bar.close()
     return summaries

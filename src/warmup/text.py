@@ -12,8 +12,8 @@ Corpora (`CORPORA`), each three raw text files, one per split (train / valid / t
                  else to train (~90/5/5 %, same distribution in each split). It is written to
                  `pydoc-py<major>.<minor>/pydoc.{…}.raw`, since the text differs a little between Python versions.
 
-Files are looked up under `data.root`, `$WARMUP_DATA_DIR` (and its `<name>/`) and `~/.cache/warmup/<name>`; a
-WikiText archive is downloaded (where the network is reachable) into `data.root` or `~/.cache/warmup/<name>`.
+Files are looked up under `data.root` (and its `<name>/`) when it is given, and nowhere else; otherwise under
+`$WARMUP_DATA_DIR` (and its `<name>/`) and `~/.cache/warmup/<name>`. A WikiText archive is downloaded (where the network is reachable) into `data.root` or `~/.cache/warmup/<name>`.
 
 Tokenizer: byte-pair encoding (Hugging Face `tokenizers`) with `vocab_size` tokens (4096 in the paper), trained on
 the training split only. Pre-tokenisation splits at spaces (`Metaspace`: each space is kept as a `▁` that starts
@@ -106,8 +106,10 @@ def pydoc_splits() -> dict[str, str]:
 
 
 def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
-    given = [pathlib.Path(d).expanduser() for d in (root, os.environ.get(data.ENV_VAR)) if d]
-    return [*(p for d in given for p in (d, d / name)), pathlib.Path.home() / ".cache" / "warmup" / name]
+    """A given `root` (or its `<name>/`) only; else $WARMUP_DATA_DIR (or its `<name>/`) and the cache."""
+    given = [pathlib.Path(d).expanduser() for d in ((root,) if root else (os.environ.get(data.ENV_VAR),)) if d]
+    cache = () if root else (pathlib.Path.home() / ".cache" / "warmup" / name,)
+    return [*(p for d in given for p in (d, d / name)), *cache]
 
 
 def _extract(archive: pathlib.Path, layout: _Layout) -> None:

@@ -33,7 +33,7 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from warmup import sweep, train  # the task's own modules: imported when a sweep is launched, not at discovery
+        from warmup import config, sweep, train  # the task's own modules: imported when a sweep is launched, not at discovery
 
         setup_globals()
         train.quiet_jax_logs()
@@ -51,7 +51,7 @@ class BatchedLauncher(Launcher):
             run_dirs.append(pathlib.Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir))
         try:
             results = sweep.run_grid(tasks, run_dirs, self.max_cells)
-        except train.ConfigError as err:
+        except config.ConfigError as err:
             train.fail(str(err))
         returns = []
         for overrides, cfg, task, run_dir, result in zip(job_overrides, full, tasks, run_dirs, results):
