@@ -64,7 +64,7 @@ class LoopConfig:
     eval_every: int = 0
     eval_batch: int = 1000
     chunk_steps: int = 100
-    scan_unroll: int = 1  # steps unrolled per scan iteration: convolutions run far slower in a rolled CPU loop
+    scan_unroll: int = 1  # steps unrolled per scan iteration
 
     @property
     def shares_linearisation(self) -> bool:

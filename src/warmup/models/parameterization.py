@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from warmup.models.conv import conv2d
+
 PARAMETERIZATIONS = ("sp", "mup")
 _TRUNCATED_STD = 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
 INPUT_NAMES = ("input", "stem", "embed")
@@ -136,9 +138,7 @@ class Conv(_Scaled):
         return (self.kernel_size, self.kernel_size)
 
     def project(self, x, kernel):
-        return jax.lax.conv_general_dilated(
-            x, kernel, (self.strides, self.strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        return conv2d(x, kernel, self.strides)
 
 
 def _map_leaves(fn: Callable[[str, str, tuple[int, ...] | None], object], params):
