@@ -1,4 +1,5 @@
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -299,3 +300,12 @@ def test_a_relaunch_removes_what_a_killed_write_left(tmp_path):
     (tmp_path / ".metrics.csv.abc.tmp").write_text("half")
     records.start(tmp_path, {"seed": 0}, {"status": "running"})
     assert not list(tmp_path.glob(".*.tmp")) and records.read_summary(tmp_path)["status"] == "running"
+
+
+def test_the_console_command_has_its_own_help_page():
+    script = pathlib.Path(sys.executable).parent / "warmup-train"
+    assert script.exists()  # [project.scripts]: Hydra's shell completion needs a command name
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=CLI_ENV, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("warmup-train — ")
+    assert "schedule.lr_trgt=" in result.stdout and "schedule.lr_trgt_scale=" in result.stdout
+    assert "optimizer: adam, gi_adam, radam, ri_adam, sgd" in result.stdout and "powered by Hydra" not in result.stdout
