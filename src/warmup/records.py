@@ -70,10 +70,10 @@ def read_config(run_dir) -> dict | None:
 
 def start(run_dir, config: dict, summary: dict, extra_files: dict[str, str] | None = None) -> None:
     """A fresh attempt: config.yaml, `extra_files` ({relative path: text}) and a `running` summary; what a killed
-    attempt left (metrics, temporary files) is removed."""
+    attempt left (metrics, TensorBoard events, temporary files) is removed."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / "metrics.csv", *run_dir.glob(".*.tmp")):
+    for stale in (run_dir / "metrics.csv", *run_dir.glob(".*.tmp"), *run_dir.glob("events.out.tfevents.*")):
         stale.unlink(missing_ok=True)
     write_config(run_dir, config)
     for name, text in (extra_files or {}).items():

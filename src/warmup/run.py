@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from warmup import build, catapult, curvature, loop, records, schedules
+from warmup import build, catapult, curvature, events, loop, records, schedules
 from warmup.config import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,14 @@ class Record:
             measure_examples=int(b.arrays.x_measure.shape[0]), **plan_.search, **extra)
         self.chunks: list[pd.DataFrame] = []
         records.start(self.run_dir, spec.config, self.summary, extra_files)
+        self.events = events.EventWriter(self.run_dir) if spec.tensorboard else None
 
     def metrics(self) -> pd.DataFrame:
         return pd.concat(self.chunks, ignore_index=True)
 
     def append(self, rows: dict, steps_completed: int) -> None:
+        if self.events is not None:
+            self.events.write(rows)
         self.chunks.append(pd.DataFrame(rows))
         records.write_metrics(self.run_dir, self.metrics())
         records.write_summary(self.run_dir, {**self.summary, "steps_completed": steps_completed})
@@ -137,6 +140,10 @@ class Record:
                              test_acc=test_acc)
             metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
             records.write_metrics(self.run_dir, metrics)
+            if self.events is not None:
+                self.events.write({k: [v] for k, v in final_row.items()})
+        if self.events is not None:
+            self.events.close()
         outcome = status(frozen, float(train_acc), self.built.chance_acc)
         summary = {**self.summary,
                    "status": outcome, "steps_completed": steps_completed,
