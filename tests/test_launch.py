@@ -57,6 +57,9 @@ def test_reference_grid_has_one_record_per_cell_named_by_its_overrides(reference
     assert len(table) == 4 and not any("launcher" in run or "data.root" in run for run in table.run)
     assert table.loc[(64, 1), "status"] == "diverged" and table.loc[(1, 8), "status"] == "converged"
     assert "schedule.lr_trgt_scale=64,schedule.warmup_steps=1" in table.loc[(64, 1), "run"]
+    # the sweep's progress (warmup.progress): off a terminal, lines in progress.log, the last one at the end
+    last = (reference / "progress.log").read_text().splitlines()[-1]
+    assert "sweep: 4/4 cells done (3 converged, 1 diverged, 0 failed, 0 errors), 0 running" in last
 
 
 def test_batched_launcher_reproduces_the_sequential_records(reference, data_root, tmp_path):

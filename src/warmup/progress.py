@@ -1,0 +1,114 @@
+"""Sweep progress for every launcher: cells done of the total, how many diverged or failed so far, and an ETA.
+
+A Hydra callback (`hydra.callbacks.progress` in train.yaml) watches the sweep directory from the launching process
+— the cells' `summary.json` records are the truth, whichever launcher (sequential, parallel, batched, SLURM) runs
+them — and reports a line: a bar on a terminal, and every `every_s` seconds (30 by default) a line in
+`<sweep dir>/progress.log` and the log. The total is the product of the sweep's value counts (the command line's
+and the experiment grid's); a sweep Hydra alone expands (`interval`, `glob`) shows counts without a total.
+"""
+import logging
+import math
+import pathlib
+import sys
+import threading
+import time
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def cell_count(overrides: list[str], grid: dict | None) -> int | None:
+    """Cells of a sweep: the product of each swept key's value count (command line first, then the grid's keys the
+    command line does not set); None where Hydra alone can enumerate a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
+    given = {o.get_key_element().lstrip("+~") for o in parsed}
+    parsed += parser.parse_overrides([f"{k}={v}" for k, v in (grid or {}).items() if k not in given])
+    total = 1
+    for override in parsed:
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep() or isinstance(override.value(), Glob):
+                return None
+            total *= len(list(override.sweep_string_iterator()))
+    return total
+
+
+def tally(sweep_dir: pathlib.Path, since: float) -> dict:
+    """Statuses of the records below `sweep_dir`, and how many finished after `since` (a time.time())."""
+    import json
+
+    counts = {"converged": 0, "diverged": 0, "failed": 0, "skipped": 0, "error": 0, "running": 0, "new": 0}
+    for path in sweep_dir.rglob("summary.json"):
+        try:
+            status = json.loads(path.read_text()).get("status")
+            finished_at = path.stat().st_mtime
+        except (OSError, ValueError):  # replaced while read: counted on the next look
+            continue
+        counts[status] = counts.get(status, 0) + 1
+        counts["new"] += status != "running" and finished_at >= since
+    return counts
+
+
+def line(counts: dict, total: int | None, elapsed: float) -> str:
+    done = sum(counts[s] for s in ("converged", "diverged", "failed", "skipped", "error"))
+    eta = ""
+    if total is not None and counts["new"]:
+        remaining = max(total - done, 0)
+        eta = f", ETA {_clock(elapsed / counts['new'] * remaining)}"
+    of = f"/{total}" if total is not None else ""
+    return (f"sweep: {done}{of} cells done ({counts['converged']} converged, {counts['diverged']} diverged, "
+            f"{counts['failed']} failed, {counts['error']} errors), {counts['running']} running, "
+            f"{_clock(elapsed)} elapsed{eta}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds) if math.isfinite(seconds) else 0
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class SweepProgress(Callback):
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = every_s
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.sweep_dir = pathlib.Path(config.hydra.sweep.dir)
+        self.total = cell_count(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
+        self.start, self.started = time.time(), time.perf_counter()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _report(self) -> str:
+        text = line(tally(self.sweep_dir, self.start), self.total, time.perf_counter() - self.started)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.sweep_dir / "progress.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        return text
+
+    def _watch(self) -> None:
+        tty = sys.stderr.isatty()
+        last = time.perf_counter()
+        while not self.stop.wait(1.0 if tty else self.every_s):
+            if tty:
+                text = line(tally(self.sweep_dir, self.start), self.total, time.perf_counter() - self.started)
+                print(f"\r{text}\033[K", end="", file=sys.stderr, flush=True)
+            if not tty or time.perf_counter() - last >= self.every_s:
+                text = self._report()
+                if not tty:
+                    log.info(text)
+                last = time.perf_counter()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+        text = self._report()
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)
+        log.info(text)

@@ -1,0 +1,23 @@
+import json
+
+from warmup import progress
+
+
+def test_the_total_is_the_product_of_the_command_lines_and_the_grids_value_counts():
+    grid = {"param": "mup,sp", "schedule.warmup_steps": "1,64,256"}
+    assert progress.cell_count(["schedule.lr_trgt_scale=1,2,4", "seed=0"], grid) == 3 * 2 * 3
+    assert progress.cell_count(["schedule.warmup_steps=1,2"], grid) == 2 * 2  # the command line replaces the grid's
+    assert progress.cell_count(["model.width=range(8,32,8)"], None) == 3
+    assert progress.cell_count(["schedule.lr_trgt=interval(0.1,1)"], None) is None
+
+
+def test_a_line_counts_statuses_and_estimates_the_rest_from_the_cells_finished_since_launch(tmp_path):
+    for i, status in enumerate(["converged", "diverged", "failed", "running"]):
+        (tmp_path / f"cell{i}").mkdir()
+        (tmp_path / f"cell{i}" / "summary.json").write_text(json.dumps({"status": status}))
+    counts = progress.tally(tmp_path, since=0.0)
+    assert counts["new"] == 3
+    assert progress.line(counts, total=8, elapsed=30.0) == (
+        "sweep: 3/8 cells done (1 converged, 1 diverged, 1 failed, 0 errors), 1 running, 0:00:30 elapsed, "
+        "ETA 0:00:50")
+    assert "ETA" not in progress.line(progress.tally(tmp_path, since=2e9), total=8, elapsed=30.0)
