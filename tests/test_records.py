@@ -36,3 +36,18 @@ def test_flat_config_dots_nested_keys_and_keeps_lists_and_empty_dicts_as_leaves(
     nested = {"model": {"name": "fcn", "widths": [4, 8]}, "seed": 0, "extra": {}, "a": {"b": {"c": None}}}
     assert config.flat(nested) == {"model.name": "fcn", "model.widths": [4, 8], "seed": 0, "extra": {},
                                            "a.b.c": None}
+
+
+def test_appended_chunks_read_back_as_one_rewrite_of_the_whole_table(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    chunks = [pd.DataFrame({"step": [0, 1], "lr": np.float32([0.1, 0.2]), "sharpness_iters": [3.0, np.nan]}),
+              pd.DataFrame({"step": [2], "lr": np.float32([0.3]), "sharpness_iters": [4.0]}),
+              pd.DataFrame([{"step": 3, "train_loss": 0.25, "test_acc": 0.5}])]  # the final row: other columns
+    columns = records.metric_columns(chunks[0])
+    (tmp_path / "appended").mkdir()
+    for chunk in chunks:
+        records.append_metrics(tmp_path / "appended", chunk, columns)
+    records.write_metrics(tmp_path, pd.concat(chunks, ignore_index=True))
+    assert (tmp_path / "appended" / "metrics.csv").read_text() == (tmp_path / "metrics.csv").read_text()

@@ -39,11 +39,31 @@ def write_atomic(path, text: str) -> None:
         raise
 
 
-def write_metrics(run_dir, metrics: pd.DataFrame) -> None:
+def metric_columns(metrics: pd.DataFrame) -> list[str]:
     """The contract's columns first (NaN where absent), then any extra diagnostics."""
-    columns = list(METRIC_COLUMNS) + [c for c in metrics.columns if c not in METRIC_COLUMNS]
-    frame = metrics.reindex(columns=columns)
-    write_atomic(pathlib.Path(run_dir) / "metrics.csv", frame.to_csv(index=False, float_format="%.9g"))
+    return list(METRIC_COLUMNS) + [c for c in metrics.columns if c not in METRIC_COLUMNS]
+
+
+def _csv(metrics: pd.DataFrame, columns: list[str], header: bool) -> str:
+    return metrics.reindex(columns=columns).to_csv(index=False, header=header, float_format="%.9g")
+
+
+def write_metrics(run_dir, metrics: pd.DataFrame) -> None:
+    write_atomic(pathlib.Path(run_dir) / "metrics.csv", _csv(metrics, metric_columns(metrics), header=True))
+
+
+def append_metrics(run_dir, rows: pd.DataFrame, columns: list[str]) -> None:
+    """Append `rows` (in `columns`, the file's header) to metrics.csv, or start it with its header: one write of
+    whole lines, flushed to disk, so a long run does not rewrite its history every chunk and a killed one leaves
+    whole rows (a restarted run starts the file afresh: `start`)."""
+    path = pathlib.Path(run_dir) / "metrics.csv"
+    text = _csv(rows, columns, header=not path.exists()).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_metrics(run_dir) -> pd.DataFrame:

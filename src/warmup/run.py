@@ -120,7 +120,9 @@ class Record:
         if self.events is not None:
             self.events.write(rows)
         self.chunks.append(pd.DataFrame(rows))
-        records.write_metrics(self.run_dir, self.metrics())
+        if len(self.chunks) == 1:
+            self.columns = records.metric_columns(self.chunks[0])
+        records.append_metrics(self.run_dir, self.chunks[-1], self.columns)
         records.write_summary(self.run_dir, {**self.summary, "steps_completed": steps_completed})
 
     def update(self, **fields) -> None:
@@ -139,7 +141,7 @@ class Record:
             final_row = dict(step=self.spec.steps, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                              test_acc=test_acc)
             metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
-            records.write_metrics(self.run_dir, metrics)
+            records.append_metrics(self.run_dir, pd.DataFrame([final_row]), self.columns)
             if self.events is not None:
                 self.events.write({k: [v] for k, v in final_row.items()})
         if self.events is not None:
