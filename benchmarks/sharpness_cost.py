@@ -133,7 +133,6 @@ from jax.flatten_util import ravel_pytree
 
 from warmup import build, config, curvature, loop, run, schedules
 
-DATA_ROOT = "/usr/share/datasets/fashion-mnist"
 HVP_RATIO_TARGET = 10.0
 DEVIATION_TARGET = 0.01
 STEP_RATIO_TARGET = 3.0
@@ -172,7 +171,7 @@ def main() -> int:
 
     cfg = compose_cfg([
         "model=fcn", "model.depth=4", f"model.width={args.width}", "param=sp", "optimizer=sgd",
-        f"optimizer.momentum={args.momentum}", "loss=mse", "data=fashion_mnist", f"data.root={DATA_ROOT}",
+        f"optimizer.momentum={args.momentum}", "loss=mse", "data=fashion_mnist",
         f"data.num_examples={args.examples}", "data.batch_size=null", f"schedule.lr_trgt_scale={args.lr_scale}",
         f"schedule.warmup_steps={args.warmup_steps}", f"train.steps={steps}", f"train.chunk_steps={steps}",
         "train.eval_every=0", "train.progress=false", "seed=0", "sharpness=lanczos", "sharpness.every=1"]

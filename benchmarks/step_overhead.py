@@ -54,7 +54,6 @@ from warmup import build, config, curvature, data, loop, run, schedules
 TARGETS = {"fcn": 1.10, "cnn": 1.2, "wrn": 1.2, "lambda0": 1.3}  # framework / plain
 STEPS = {"fcn": 100, "cnn": 10, "wrn": 10}
 LOSS_RTOL = 1e-4
-DATA_ROOT = "/usr/share/datasets/fashion-mnist"
 
 CASES = {
     "fcn": ("FCN-4-512 SP, full-batch GD, MSE, 2000 Fashion-MNIST",
@@ -68,7 +67,7 @@ CASES = {
              "loss=xent", "data.num_examples=5000", "data.batch_size=128", "data.augment.flip=true",
              "data.augment.crop=4"]),
 }
-COMMON = ["data=fashion_mnist", f"data.root={DATA_ROOT}", "schedule.lr_trgt=0.1", "schedule.warmup_steps=100",
+COMMON = ["data=fashion_mnist", "schedule.lr_trgt=0.1", "schedule.warmup_steps=100",
           "sharpness.every=0", "train.eval_every=0", "train.progress=false", "seed=0"]
 
 
@@ -239,7 +238,7 @@ def main() -> int:
     reps = args.reps or (2 if args.quick else 3)
     steps = {k: max(v // 2, 2) if args.quick else v for k, v in STEPS.items()}
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} device), "
-          f"data {DATA_ROOT}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"data {data.find_root('fashion_mnist', None)}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     results = {name: bench_lambda0(reps) if name == "lambda0" else bench(name, steps[name], reps)
                for name in args.cases.split(",")}
     verdicts = ", ".join(f"{n} {'PASS' if ok else 'FAIL'}" for n, ok in results.items())

@@ -110,6 +110,7 @@ class Record:
             num_params=int(sum(x.size for x in jax.tree.leaves(b.params))),
             measure_examples=int(b.arrays.x_measure.shape[0]), **plan_.search, **extra)
         self.chunks: list[pd.DataFrame] = []
+        self.columns: list[str] = []  # metrics.csv's header, fixed by the first chunk
         records.start(self.run_dir, spec.config, self.summary, extra_files)
         self.events = events.EventWriter(self.run_dir) if spec.tensorboard else None
 
@@ -120,7 +121,7 @@ class Record:
         if self.events is not None:
             self.events.write(rows)
         self.chunks.append(pd.DataFrame(rows))
-        if len(self.chunks) == 1:
+        if not self.columns:
             self.columns = records.metric_columns(self.chunks[0])
         records.append_metrics(self.run_dir, self.chunks[-1], self.columns)
         records.write_summary(self.run_dir, {**self.summary, "steps_completed": steps_completed})
