@@ -1,12 +1,15 @@
 import json
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from warmup import config, records, sweep
 from warmup.run import execute
-from conftest import TINY, compose_config
+from conftest import CLI_ENV, TINY, compose_config
 
 # (overrides, expected status): a 2 η × 2 T_wrm grid over two seeds (so the training subset, the initial
 # parameters and λ₀ᴴ differ per cell), one η given as c/λ₀ᴴ; η = 3 without warmup diverges after a few steps
@@ -157,3 +160,38 @@ def test_a_group_that_raises_records_its_unfinished_cells_as_errors(data_root, t
     assert results[0] == {"status": "converged"} == records.read_summary(dirs[0])
     assert isinstance(results[1], RuntimeError)
     assert records.read_summary(dirs[1]) == {"status": "error", "error": "RuntimeError: out of memory"}
+
+
+SHARDED = """
+import json, pathlib, sys
+import jax, numpy as np, pandas as pd
+jax.config.update("jax_threefry_partitionable", False)
+sys.path.insert(0, sys.argv[1])
+import conftest, test_golden
+from warmup import loop, sweep
+assert jax.device_count() == 4
+state = sweep._place(4, (jax.numpy.zeros((4, 3)),), loop.Arrays(*[jax.numpy.zeros((5,))] * 7), loop.Arrays(*[None] * 7))[0]
+assert len(state.sharding.device_set) == 4
+cfgs = [conftest.compose_config([*conftest.TINY, f"data.root={sys.argv[2]}", "sharpness.every=5", *cell])
+        for cell in test_golden.CELLS]
+dirs = [pathlib.Path(sys.argv[3]) / f"cell{i}" for i in range(len(cfgs))]
+sweep.run_grid(cfgs, dirs)
+for i, d in enumerate(dirs):
+    golden = test_golden.GOLDEN / f"batched_cell{i}"
+    assert json.loads((d / "summary.json").read_text())["status"] == json.loads((golden / "summary.json").read_text())["status"]
+    ours, theirs = pd.read_csv(d / "metrics.csv"), pd.read_csv(golden / "metrics.csv")
+    assert list(ours.step) == list(theirs.step)
+    np.testing.assert_array_equal(ours.lr, theirs.lr)
+    for column in ("train_loss", "train_acc", "grad_norm", "sharpness", "test_loss", "test_acc"):
+        np.testing.assert_allclose(ours[column], theirs[column], rtol=1e-5, err_msg=column)
+print("sharded records match")
+"""
+
+
+def test_cells_sharded_over_four_devices_match_the_one_device_records(data_root, tmp_path):
+    """The batched runner shards the cell axis over all local devices; its records equal the one-device run (the
+    golden batched cells) to float rounding (XLA partitions the program, which reorders a few sums)."""
+    env = {**CLI_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run([sys.executable, "-c", SHARDED, str(pathlib.Path(__file__).parent), str(data_root),
+                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "sharded records match" in result.stdout, result.stderr[-3000:]

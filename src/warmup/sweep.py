@@ -177,6 +177,22 @@ def _stacked_arrays(cells: list[run.Prepared]) -> tuple[loop.Arrays, loop.Arrays
     return arrays, loop.Arrays(*(None if shared[f] else 0 for f in fields))
 
 
+def _place(n: int, per_cell, arrays: loop.Arrays, array_axes: loop.Arrays):
+    """Shard the cell axis over the local devices (the most that divide the `n` cells evenly; XLA partitions the
+    vmapped program along it), stacked data fields with it, shared ones replicated. One device: unchanged."""
+    devices = jax.local_devices()
+    used = max(k for k in range(1, len(devices) + 1) if n % k == 0)
+    if used == 1:
+        return (*per_cell, arrays)
+    mesh = jax.sharding.Mesh(np.array(devices[:used]), (AXIS,))
+    by_cell = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    placed = jax.device_put(per_cell, by_cell)
+    data = loop.Arrays(*(jax.device_put(a, replicated if axis is None else by_cell)
+                         for a, axis in zip(arrays, array_axes)))
+    return (*placed, data)
+
+
 def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
     start = time.perf_counter()
     for cfg in cfgs:
@@ -191,6 +207,7 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
                     for c in cells])
     sched = _stack([p.schedule for p in plans])
     loss_bound = jnp.asarray([s.divergence_factor * c.first_loss for s, c in zip(specs, cells)], jnp.float32)
+    state, sched, loss_bound, arrays = _place(n, (state, sched, loss_bound), arrays, array_axes)
     chunk = jax.jit(jax.vmap(b0.chunk_fn(axis_name=AXIS), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
     evaluate = b0.evaluate_fn(specs[0].eval_batch)
     bar = run.progress_bar(specs[0])
