@@ -59,7 +59,8 @@ def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, text_r
         data = [f"data.root={data_root}", "data.num_examples=64", *minibatch]
     by_warmup = cfg.exp.color_by == "schedule.warmup_steps"  # else the experiment's own sweep (fig7's variants)
     sweep = tmp_path / "sweep"
-    args = [f"+exp={name}", *data, "model.width=8", "model.depth=3", "train.steps=12", "train.chunk_steps=6",
+    size = ["model.width=1", "model.depth=10"] if cfg.model.name == "wrn" else ["model.width=8", "model.depth=3"]
+    args = [f"+exp={name}", *data, *size, "train.steps=12", "train.chunk_steps=6",
             "train.eval_batch=100", f"hydra.sweep.dir={sweep}", *(["schedule.warmup_steps=1,4"] if by_warmup else [])]
     result = subprocess.run([sys.executable, "-m", "warmup.train", *args], cwd=tmp_path, capture_output=True,
                             text=True, env=CLI_ENV, timeout=300)
