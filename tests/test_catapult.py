@@ -31,24 +31,45 @@ def top_eigvec_start():
     return params, first_direction(build_optimizer("sgd"), grads, params)
 
 
+def generic_start():
+    """θ₀ = Q·(1, 1, 1, 1, 1) mixes every eigendirection: one GD step raises the loss from η* = 2gᵀg/(gᵀHg) ≈ 0.451,
+    between 2/λ_max = 0.4 and 2/λ_min, and not on the search's grid of doublings."""
+    params = SPLIT(jnp.asarray(Q @ np.ones(5), jnp.float32))
+    return params, first_direction(build_optimizer("sgd"), jax.grad(quadratic)(params), params)
+
+
+@pytest.mark.parametrize("start", [top_eigvec_start, generic_start])
 @pytest.mark.parametrize("delta", [0.1, 0.01])
-def test_search_finds_two_over_lambda_within_delta_tolerance(delta):
-    params, d0 = top_eigvec_start()
+def test_search_finds_the_gd_closed_form_within_the_bisection_tolerance(delta, start):
+    """For L(θ) = ½θᵀHθ and d₀ = g₀ = Hθ₀, L(θ₀ − ηg₀) = L₀ − η gᵀg + ½η² gᵀHg (exactly): it rises iff
+    η > η* = 2gᵀg/(gᵀHg) (= 2/λ along the top eigenvector). The search must bracket η*, and its stopping rule
+    L(η_upper) ≤ (1 + δ)L₀ puts η_upper below the root of ½gᵀHg·η(η − η*) = δL₀."""
+    params, d0 = start()
+    theta = np.asarray(ravel_pytree(params)[0], np.float64)
+    hessian = np.asarray(H, np.float64)
+    g = hessian @ theta
+    np.testing.assert_allclose(ravel_pytree(d0)[0], g, rtol=1e-5)  # SGD's first direction is the gradient
+    loss0, gg, ghg = 0.5 * theta @ hessian @ theta, g @ g, g @ hessian @ g
+    eta_star = 2 * gg / ghg
+    eta_root = (eta_star + math.sqrt(eta_star**2 + 8 * delta * loss0 / ghg)) / 2
     res = search_eta_c(quadratic, params, d0, delta=delta, max_forward_passes=60)
-    loss0 = float(quadratic(params))
     assert res.found and res.eta_c == res.eta_upper
     np.testing.assert_allclose(res.initial_loss, loss0, rtol=1e-6)
-    # Along the top eigenvector L(θ₀ − ηHθ₀) = (1 − ηλ)² L₀: rises iff η > 2/λ.
-    assert res.eta_lower < 2 / LAM <= res.eta_upper
-    # Stopping rule L_upper ≤ (1+δ)L₀ ⇔ ηλ − 1 ≤ √(1+δ): the bound on η_upper − 2/λ.
-    assert res.eta_upper - 2 / LAM <= (math.sqrt(1 + delta) - 1) / LAM
+    assert res.eta_lower < eta_star <= res.eta_upper <= eta_root * (1 + 1e-6)
+    assert res.eta_upper - eta_star <= (eta_root - eta_star) * (1 + 1e-6)  # the bisection tolerance δ sets
+    if start is top_eigvec_start:  # the root is (1 + √(1 + δ))/λ there
+        assert eta_star == pytest.approx(2 / LAM, rel=1e-6)
+        assert eta_root == pytest.approx((1 + math.sqrt(1 + delta)) / LAM, rel=1e-6)
+    else:
+        assert eta_star == pytest.approx(0.4512, abs=1e-3)
     loss_upper = dict(res.probes)[res.eta_upper]
     assert loss_upper <= (1 + delta) * loss0
     etas, losses = np.array(res.probes).T
-    np.testing.assert_allclose(losses, (1 - etas * LAM) ** 2 * loss0, rtol=1e-4)
-    # Exponential phase: 1e-4·2^k up to the first rise (2^12·1e-4 = 0.4096 > 0.4), then bisection inside.
-    np.testing.assert_allclose(etas[:13], 1e-4 * 2.0 ** np.arange(13))
-    assert np.all((etas[13:] > 0.2048) & (etas[13:] < 0.4096))
+    np.testing.assert_allclose(losses, loss0 - etas * gg + 0.5 * etas**2 * ghg, rtol=1e-4)
+    # Exponential phase: 1e-4·2^k up to the first rise, then bisection inside the last doubling.
+    doublings = int(np.ceil(np.log2(eta_star / 1e-4)))
+    np.testing.assert_allclose(etas[:doublings + 1], 1e-4 * 2.0 ** np.arange(doublings + 1))
+    assert np.all((etas[doublings + 1:] > 1e-4 * 2.0 ** (doublings - 1)) & (etas[doublings + 1:] < etas[doublings]))
     assert res.forward_passes == len(res.probes) + 1 <= 60
 
 

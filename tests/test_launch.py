@@ -76,29 +76,37 @@ def test_batched_launcher_reproduces_the_sequential_records(reference, data_root
         np.testing.assert_allclose(a.sharpness, b.sharpness, rtol=1e-3)
 
 
+PAUSE_HOOK = pathlib.Path(__file__).parent / "launch_pause"  # its sitecustomize.py pauses a sweep at a known point
+
+
 @pytest.mark.parametrize("launcher", ["sequential", pytest.param("batched", marks=pytest.mark.slow)])
 def test_sweep_killed_mid_way_resumes_without_redoing_finished_cells(data_root, tmp_path, launcher):
-    # Two cell groups (the loss differs, so the batched launcher compiles two programs, one after the other), slow
-    # enough that the kill lands while a later cell trains.
-    grid = ["loss=mse,xent", "schedule.lr_trgt_scale=1,2", "train.steps=300", "train.chunk_steps=20"]
-    sweep_dir = tmp_path / "sweep"
+    # Two cell groups (the loss differs, so the batched launcher compiles two programs, one after the other). The
+    # sweep runs with the pause hook: once a cell has finished, the next cell to write a chunk (10 of its 40 steps)
+    # signals and waits, and is killed there — no polling against the clock.
+    grid = ["loss=mse,xent", "schedule.lr_trgt_scale=1,2", "train.steps=40", "train.chunk_steps=10"]
+    sweep_dir, signal_file = tmp_path / "sweep", tmp_path / "paused"
+    env = {**ENV, "WARMUP_TEST_PAUSE": str(signal_file),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PAUSE_HOOK), ENV.get("PYTHONPATH")]))}
+    log = (tmp_path / "killed_sweep.log").open("w")  # a file, not a pipe: a full pipe would block the sweep
     proc = subprocess.Popen(sweep_cmd(sweep_dir, data_root, *grid, f"launcher={launcher}"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=ENV)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            found = summaries(sweep_dir)
-            done = finished(sweep_dir)
-            if done and any(s["status"] == "running" for name, s in found.items() if name not in done):
-                break  # at least one cell finished and a later one is training
-            time.sleep(0.1)
-        assert proc.poll() is None, "the sweep ended before it could be killed"
+        deadline = time.time() + 300  # a safety net for a hung sweep only: the kill point does not depend on it
+        while not signal_file.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the sweep ended before it paused: {log.name}"
+        assert signal_file.exists(), "the sweep did not pause within 300 s"
+        paused = pathlib.Path(signal_file.read_text())
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
+    paused_summary = records.read_summary(paused)
+    assert paused_summary["status"] == "running" and paused_summary["steps_completed"] == 10  # killed mid-way
     killed, done = summaries(sweep_dir), finished(sweep_dir)  # every file left behind parses
     assert done and len(done) < 4
     assert all(killed[name]["status"] == "running" for name in killed.keys() - done)

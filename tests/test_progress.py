@@ -21,3 +21,15 @@ def test_a_line_counts_statuses_and_estimates_the_rest_from_the_cells_finished_s
         "sweep: 3/8 cells done (1 converged, 1 diverged, 1 failed, 0 errors), 1 running, 0:00:30 elapsed, "
         "ETA 0:00:50")
     assert "ETA" not in progress.line(progress.tally(tmp_path, since=2e9), total=8, elapsed=30.0)
+
+
+def test_the_callback_pickles_for_launchers_that_ship_it_to_their_jobs(tmp_path):
+    import pickle
+    from omegaconf import OmegaConf
+
+    callback = progress.SweepProgress(every_s=0.05)
+    callback.on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {
+        "task": ["seed=0,1"]}, "sweeper": {"params": None}}}))
+    assert pickle.loads(pickle.dumps(callback)).every_s == 0.05  # submitit pickles the launcher and its callbacks
+    callback.on_multirun_end(None)
+    assert "sweep: 0/2 cells done" in (tmp_path / "progress.log").read_text()

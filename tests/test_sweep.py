@@ -41,7 +41,7 @@ def grid(data_root, tmp_path_factory):
     return cfgs, batched_dirs, batched, [root / "sequential" / f"cell{i}" for i in range(len(cfgs))], sequential
 
 
-def assert_same_run(dir_a, summary_a, dir_b, summary_b):
+def assert_same_run(dir_a, summary_a, dir_b, summary_b, columns=COMPARED):
     for key in ("status", "steps_completed", "diverged_step", "warmup_steps", "num_params", "measure_examples",
                 "lr_trgt_scale", "eta_c_found", "search_forward_passes"):
         assert summary_a.get(key) == summary_b.get(key), key
@@ -53,7 +53,7 @@ def assert_same_run(dir_a, summary_a, dir_b, summary_b):
             assert summary_a[key] == pytest.approx(summary_b[key], rel=1e-4, abs=1e-6), key
     a, b = records.read_metrics(dir_a), records.read_metrics(dir_b)
     assert list(a.columns) == list(b.columns) and len(a) == len(b)
-    for column in COMPARED:
+    for column in columns:
         np.testing.assert_allclose(a[column], b[column], rtol=1e-4, atol=1e-6, err_msg=column)
     assert (dir_a / "config.yaml").read_text() == (dir_b / "config.yaml").read_text()
 
@@ -83,6 +83,28 @@ def test_float64_measurements_batch_like_sequential_runs(data_root, tmp_path):
         sequential = execute(cfg, tmp_path / "sequential" / f"cell{i}")
         assert_same_run(tmp_path / "batched" / f"cell{i}", batched[i], tmp_path / "sequential" / f"cell{i}", sequential)
         assert records.read_metrics(tmp_path / "batched" / f"cell{i}").sharpness.notna().sum() == 4
+
+
+ADAM_CELLS = [  # plain Adam at three η (two seeds): the first two train, η = 0.3 without warmup diverges
+    (("schedule.lr_trgt=1e-3", "seed=0"), "converged"),
+    (("schedule.lr_trgt=1e-2", "schedule.warmup_steps=5", "seed=1"), "converged"),
+    (("schedule.lr_trgt=0.3", "seed=0"), "diverged"),
+]
+
+
+def test_adam_cells_batch_like_sequential_runs(data_root, tmp_path):
+    """An Adam group: its state (m, v, count) is stacked and vmapped with the rest, and λ^{P⁻¹H} is measured from it
+    per cell; statuses, losses, λᴴ and λ^{P⁻¹H} must equal the cells trained one by one."""
+    cfgs = configs(data_root, ADAM_CELLS, extra=("optimizer=adam",))
+    batched = sweep.run_batched(cfgs, [tmp_path / "batched" / f"cell{i}" for i in range(len(cfgs))])
+    for i, (cfg, (_, status)) in enumerate(zip(cfgs, ADAM_CELLS)):
+        sequential = execute(cfg, tmp_path / "sequential" / f"cell{i}")
+        assert batched[i]["status"] == sequential["status"] == status
+        assert_same_run(tmp_path / "batched" / f"cell{i}", batched[i], tmp_path / "sequential" / f"cell{i}",
+                        sequential, columns=(*COMPARED, "pre_sharpness", "pre_sharpness_threshold"))
+    metrics = records.read_metrics(tmp_path / "batched" / "cell1")
+    assert metrics.pre_sharpness.notna().sum() == 4 and (metrics.pre_sharpness.dropna() > 0).all()
+    assert batched[2]["diverged_step"] < 20
 
 
 def test_relaunch_skips_finished_cells_and_redoes_unfinished(grid, tmp_path, caplog):

@@ -1,5 +1,6 @@
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +62,39 @@ def test_layer_kinds_and_full_mup_rates():
     assert rates["embed"]["kernel"] == pytest.approx(16**-0.5)  # input: 1/√fan_out
     assert rates["block0"]["mlp_out"]["kernel"] == pytest.approx(64**-0.5)  # hidden: 1/√fan_in
     assert rates["readout"]["kernel"] == pytest.approx(1 / 16)
+
+
+def readout_input(model, params):
+    """The residual stream as the readout receives it (its input, intercepted), for `TOKENS`."""
+    seen = {}
+
+    def grab(next_fun, args, kwargs, context):
+        if context.module.name == "readout" and context.method_name == "__call__":
+            seen["x"] = np.asarray(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+        logits = model.apply({"params": params}, TOKENS)
+    return seen["x"], np.asarray(logits)
+
+
+def test_post_ln_and_pre_ln_without_final_ln_are_different_architectures():
+    """Post-LN and Pre-LN without the final LayerNorm have the same parameters (one tree, one count), so only the
+    forward pass tells them apart: on the same parameters and tokens their logits differ, and Post-LN's readout sees a
+    LayerNorm output (per position mean 0, variance 1 at init, where the norm's scale is 1 and bias 0) while the
+    Pre-LN stream without final LN is the raw residual sum. Pre-LN with its final LN is normalised again."""
+    post, params = tiny("post")
+    no_final, params_no_final = tiny("pre_no_final")
+    assert jax.tree.structure(params) == jax.tree.structure(params_no_final)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, params_no_final)
+    (x_post, logits_post), (x_no_final, logits_no_final) = (readout_input(m, params) for m in (post, no_final))
+    assert np.abs(logits_post - logits_no_final).max() > 0.1 * np.abs(logits_post).max()
+    np.testing.assert_allclose(x_post.mean(-1), 0, atol=1e-5)
+    np.testing.assert_allclose(x_post.var(-1), 1, rtol=1e-4)  # LayerNorm's ε = 1e-6
+    assert np.abs(x_no_final.var(-1) - 1).max() > 0.5 and np.abs(x_no_final.mean(-1)).max() > 0.1
+    pre, pre_params = tiny("pre")
+    x_pre, _ = readout_input(pre, pre_params)
+    np.testing.assert_allclose(x_pre.var(-1), 1, rtol=1e-4)
 
 
 @pytest.mark.parametrize("param, variance, multiplier", [("sp", 1.0, 1.0), ("mup", 1 / 256, 16.0)])

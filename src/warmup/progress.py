@@ -74,10 +74,15 @@ def _clock(seconds: float) -> str:
 class SweepProgress(Callback):
     def __init__(self, every_s: float = 30.0):
         self.every_s = every_s
-        self.stop = threading.Event()
+        self.stop: threading.Event | None = None
         self.thread: threading.Thread | None = None
 
+    def __getstate__(self) -> dict:
+        """Launchers that pickle the callbacks (submitit) get the settings, not the watcher thread."""
+        return {"every_s": self.every_s, "stop": None, "thread": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.stop = threading.Event()
         self.sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         self.total = cell_count(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
         self.start, self.started = time.time(), time.perf_counter()
@@ -105,9 +110,10 @@ class SweepProgress(Callback):
                 last = time.perf_counter()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.thread is None:
+            return
         self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
+        self.thread.join()
         text = self._report()
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
