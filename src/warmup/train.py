@@ -18,11 +18,10 @@ from warmup import config, records, run
 from warmup.config import CONFIG_DIR, ConfigError
 from warmup.data import DataNotFoundError
 
-log = logging.getLogger(__name__)
 # Hydra's own flags that take a value as the next argument (`-cd DIR`); `--flag=value` forms need no entry.
 _FLAGS_WITH_VALUE = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-c", "--cfg", "-p",
                      "--package", "--info", "--experimental-rerun")
-_NO_PRECHECK = ("-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "--info", "--run")
+_NO_PRECHECK = ("-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "--info")
 
 
 def quiet_jax_logs() -> None:
@@ -37,8 +36,8 @@ def fail(message: str) -> None:
 
 
 def _hydra_files() -> dict[str, str]:
-    """What Hydra would write to `.hydra/` (hydra.output_subdir is null so that a refused relaunch touches nothing):
-    written by the run record only when the run starts."""
+    """Hydra's record of the launch, `.hydra/hydra.yaml` and `overrides.yaml`: hydra.output_subdir is null so that a
+    refused relaunch touches nothing, and the run record writes them when training starts."""
     hc = HydraConfig.get()
     return {".hydra/hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
             ".hydra/overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task))}
