@@ -214,16 +214,16 @@ def check_catapult(b, eta_c: float, max_steps: int, divergence_factor: float) ->
 
     params, opt_state = b.params, b.tx.init(b.params)
     losses = []
+    relative = lambda: [x / losses[0] for x in losses]
     for t in range(max_steps + 1):
         params, opt_state, loss = step(params, opt_state)  # `loss` is L(θ_t), before this update
         losses.append(float(loss))
         ratio = losses[-1] / losses[0]
-        relative = lambda: [x / losses[0] for x in losses]
         if not math.isfinite(ratio) or ratio > divergence_factor:
             return CatapultCheck("diverged", t, relative())
         if t > 0 and ratio < 1:
             return CatapultCheck("recovered", t, relative())
-    return CatapultCheck("undecided", max_steps, [x / losses[0] for x in losses])
+    return CatapultCheck("undecided", max_steps, relative())
 
 
 def plan_catapult(b, run, lr_trgt: float, linear: ScheduleParams) -> tuple[ScheduleParams, dict]:

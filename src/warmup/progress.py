@@ -89,22 +89,23 @@ class SweepProgress(Callback):
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
-    def _report(self) -> str:
-        text = line(tally(self.sweep_dir, self.start), self.total, time.perf_counter() - self.started)
+    def _line(self) -> str:
+        return line(tally(self.sweep_dir, self.start), self.total, time.perf_counter() - self.started)
+
+    def _report(self, text: str) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         with open(self.sweep_dir / "progress.log", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        return text
 
     def _watch(self) -> None:
         tty = sys.stderr.isatty()
         last = time.perf_counter()
         while not self.stop.wait(1.0 if tty else self.every_s):
+            text = self._line()
             if tty:
-                text = line(tally(self.sweep_dir, self.start), self.total, time.perf_counter() - self.started)
                 print(f"\r{text}\033[K", end="", file=sys.stderr, flush=True)
             if not tty or time.perf_counter() - last >= self.every_s:
-                text = self._report()
+                self._report(text)
                 if not tty:
                     log.info(text)
                 last = time.perf_counter()
@@ -114,7 +115,8 @@ class SweepProgress(Callback):
             return
         self.stop.set()
         self.thread.join()
-        text = self._report()
+        text = self._line()
+        self._report(text)
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
         log.info(text)
