@@ -281,21 +281,17 @@ def test_crop_is_a_zero_filled_shift():
     assert len(shifts) > 1
 
 
-def test_mixup_is_one_convex_combination():
-    """With one class per example, y = λ·I + (1−λ)·P reveals λ and the partner π(i); x must match it."""
+def test_mixup_mixes_each_example_with_the_reversed_batch():
+    """With one class per example, y = diag(λ) + diag(1−λ)·J (J the reversal) reveals each example's own λ; x must
+    be mixed with the same λ and partner, as the authors' code does."""
     eye = jnp.eye(16)
-    x, y = augment(jax.random.PRNGKey(5), X, eye, flip=False, crop=0, mixup_alpha=0.4)
+    x, y = augment(jax.random.PRNGKey(5), X, eye, flip=False, crop=0, mixup_alpha=1.0)
     x, y = np.asarray(x), np.asarray(y)
-    np.testing.assert_allclose(y.sum(1), 1, rtol=1e-6)
-    assert np.all(y >= 0)
-    partner = np.array([np.argmax(np.where(np.arange(16) == i, -1, row)) for i, row in enumerate(y)])
-    moved = y[np.arange(16), partner] > 0
-    assert moved.sum() > 8 and len(set(partner[moved])) == moved.sum()  # a permutation
-    lam = np.diag(y)[moved]
-    np.testing.assert_allclose(lam, lam[0], rtol=1e-6)  # one λ for the whole batch
-    assert 0 < lam[0] < 1
-    partner = np.where(moved, partner, np.arange(16))
-    np.testing.assert_allclose(x, lam[0] * X + (1 - lam[0]) * np.asarray(X)[partner], rtol=1e-5, atol=1e-6)
+    lam = np.diag(y)
+    np.testing.assert_allclose(y, np.diag(lam) + (1 - lam)[:, None] * np.eye(16)[::-1], atol=1e-6)
+    assert np.all((0 < lam) & (lam < 1)) and np.ptp(lam) > 0.3  # one λ ~ U(0, 1) per example
+    lam_x = lam.reshape(-1, *[1] * (np.ndim(X) - 1))
+    np.testing.assert_allclose(x, lam_x * X + (1 - lam_x) * np.asarray(X)[::-1], rtol=1e-5, atol=1e-6)
 
 
 def test_augment_jits_and_vmaps_over_keys():

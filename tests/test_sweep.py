@@ -74,6 +74,16 @@ def test_batched_cells_equal_sequential_runs(grid):
     assert "eta_c" in batched[4] and "eta_c" not in batched[0]  # the catapult-initialised cell searched η_c
 
 
+def test_cells_mapped_in_turn_equal_vmapped_cells(grid, data_root, tmp_path):
+    """cell_axis="map" (conv nets on CPU) steps the same group through `lax.map`: the same records as vmap."""
+    cfgs, batched_dirs, batched, _, _ = grid
+    mapped = sweep.run_batched(cfgs, [tmp_path / f"cell{i}" for i in range(len(cfgs))], cell_axis="map")
+    for i in range(len(cfgs)):
+        assert_same_run(tmp_path / f"cell{i}", mapped[i], batched_dirs[i], batched[i])
+    with pytest.raises(config.ConfigError, match="cell_axis='grouped': must be one of auto, vmap, map"):
+        sweep.run_batched(cfgs, [tmp_path / "x"] * len(cfgs), cell_axis="grouped")
+
+
 def test_float64_measurements_batch_like_sequential_runs(data_root, tmp_path):
     """vmap re-traces the measurement when it batches the program, outside the loop's float64 context (which failed
     to lower before the batch was run in the measurement's precision mode); it must give the sequential records."""
@@ -172,7 +182,7 @@ def test_a_group_that_raises_records_its_unfinished_cells_as_errors(data_root, t
     cfgs = configs(data_root, CELLS[:2])
     dirs = [tmp_path / "done", tmp_path / "interrupted"]
 
-    def finish_one_then_fail(group_cfgs, group_dirs):
+    def finish_one_then_fail(group_cfgs, group_dirs, cell_axis):
         group_dirs[0].mkdir()
         records.write_summary(group_dirs[0], {"status": "converged"})
         raise RuntimeError("out of memory")

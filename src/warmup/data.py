@@ -274,11 +274,10 @@ def _crop(key, x, pad):
 
 
 def _mixup(key, x, y, alpha):
-    """One weight λ ~ Beta(α, α) for the batch; each example mixed with one of a random permutation."""
-    lam_key, perm_key = jax.random.split(key)
-    lam = jax.random.beta(lam_key, alpha, alpha)
-    perm = jax.random.permutation(perm_key, x.shape[0])
-    mix = lambda a: lam * a + (1 - lam) * a[perm]
+    """Each example i mixed with example n−1−i of the batch (the batch reversed) with its own λ ~ Beta(α, α), as the
+    authors' code does (α = 1: λ ~ U(0, 1)); the labels with the same λ."""
+    lam = jax.random.beta(key, alpha, alpha, (x.shape[0],))
+    mix = lambda a: (lam.reshape(-1, *[1] * (a.ndim - 1)) * a + (1 - lam.reshape(-1, *[1] * (a.ndim - 1))) * a[::-1])
     return mix(x), mix(y)
 
 

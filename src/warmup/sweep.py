@@ -18,6 +18,11 @@ loop's sharpness and test-evaluation conds depend on the per-cell step, so with 
 `train.eval_every > 1` every step pays for a measurement. All live cells share one step count, so the loop can
 keep a real cond by reducing `due` over the cell axis: `make_chunk_fn(..., axis_name=...)`, which this module
 uses when the loop offers it.
+
+Conv nets on CPU: vmapping a convolution over cells' parameters makes a grouped convolution, which XLA:CPU runs
+about 5× slower than the cells' convolutions one after another. There the cells go through `lax.map` instead
+(`cell_axis="map"`, chosen by `"auto"`): still one compiled program per group, each cell's chunk run in turn,
+on one device.
 """
 import logging
 import pathlib
@@ -41,6 +46,8 @@ TRACED_KEYS = (
 )
 log = logging.getLogger(__name__)
 AXIS = "cells"  # the vmapped axis's name, for loops whose conds reduce over it
+CELL_AXES = ("auto", "vmap", "map")
+CONV_MODELS = ("cnn", "wrn")
 
 
 def static_signature(cfg: DictConfig) -> tuple:
@@ -92,14 +99,18 @@ def _same(a, b) -> bool:
     return a is b or (a.shape == b.shape and bool(np.array_equal(np.asarray(a), np.asarray(b))))
 
 
-def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) -> list[dict]:
-    """Train every cell of `cfgs` into its `run_dirs[i]` in one vmapped program; return the summaries in order.
+def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], cell_axis: str = "auto") -> list[dict]:
+    """Train every cell of `cfgs` into its `run_dirs[i]` in one compiled program; return the summaries in order.
 
     Cells whose record is already finished are skipped (their summary is read back); unfinished ones (no record,
     or a `running` one from a killed batch) are trained from the start. The records — config.yaml, metrics.csv,
     summary.json — come from the same lifecycle as `run.execute` (`run.Record`), plus `batched_cells` (how many
     cells shared the program); `wall_time_s` is the batch's time from its start to the end of that cell.
+    `cell_axis`: how the program steps the cells — "vmap" (together), "map" (in turn), "auto" (map for conv
+    models on CPU, vmap otherwise).
     """
+    if cell_axis not in CELL_AXES:
+        raise ConfigError(f"hydra.launcher.cell_axis={cell_axis!r}: must be one of {', '.join(CELL_AXES)}")
     if len(cfgs) != len(run_dirs):
         raise ValueError(f"{len(cfgs)} configs but {len(run_dirs)} run directories")
     run_dirs = [pathlib.Path(d) for d in run_dirs]
@@ -117,13 +128,14 @@ def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path]) ->
         else:
             log.info(f"{d}: already finished ({summaries[i]['status']}), skipped")
     if todo:
-        for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo])):
+        for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo],
+                                                 _resolve_cell_axis(cell_axis, cfgs[0]))):
             summaries[i] = summary
     return summaries
 
 
-def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_cells: int | None = None
-             ) -> list[dict | Exception]:
+def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_cells: int | None = None,
+             cell_axis: str = "auto") -> list[dict | Exception]:
     """Any grid: `partition` it into batchable groups (at most `max_cells` cells per program) and `run_batched` each.
 
     A group that raises does not stop the others: its unfinished cells are recorded with status `error` and the
@@ -136,7 +148,8 @@ def run_grid(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], max_c
     results: list[dict | Exception] = [None] * len(cfgs)
     for group in groups:
         try:
-            for i, summary in zip(group, run_batched([cfgs[i] for i in group], [run_dirs[i] for i in group])):
+            for i, summary in zip(group, run_batched([cfgs[i] for i in group], [run_dirs[i] for i in group],
+                                                          cell_axis)):
                 results[i] = summary
         except ConfigError:
             raise
@@ -193,7 +206,31 @@ def _place(n: int, per_cell, arrays: loop.Arrays, array_axes: loop.Arrays):
     return (*placed, data)
 
 
-def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
+def _resolve_cell_axis(cell_axis: str, cfg: DictConfig) -> str:
+    if cell_axis != "auto":
+        return cell_axis
+    return "map" if cfg.model.name in CONV_MODELS and jax.default_backend() == "cpu" else "vmap"
+
+
+def _program(chunk_fn, array_axes: loop.Arrays, cell_axis: str):
+    """The jitted group program `(state, sched, arrays, loss_bound, steps) -> (state, metrics)`, every output
+    with a leading cell axis: the loop's chunk vmapped over the cells, or `lax.map`ped over them."""
+    if cell_axis == "vmap":
+        return jax.jit(jax.vmap(chunk_fn(axis_name=AXIS), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
+    chunk = chunk_fn()
+
+    def mapped(state, sched, arrays, loss_bound, steps):
+        stacked = tuple(a if axis == 0 else None for a, axis in zip(arrays, array_axes))
+
+        def cell(xs):
+            state_i, sched_i, stacked_i, bound_i = xs
+            own = loop.Arrays(*(s if axis == 0 else a for s, a, axis in zip(stacked_i, arrays, array_axes)))
+            return chunk(state_i, sched_i, own, bound_i, steps)
+        return jax.lax.map(cell, (state, sched, stacked, loss_bound))
+    return jax.jit(mapped)
+
+
+def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path], cell_axis: str) -> list[dict]:
     start = time.perf_counter()
     for cfg in cfgs:
         validate(cfg)
@@ -207,8 +244,9 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path]) -> list[dict]:
                     for c in cells])
     sched = _stack([p.schedule for p in plans])
     loss_bound = jnp.asarray([s.divergence_factor * c.first_loss for s, c in zip(specs, cells)], jnp.float32)
-    state, sched, loss_bound, arrays = _place(n, (state, sched, loss_bound), arrays, array_axes)
-    chunk = jax.jit(jax.vmap(b0.chunk_fn(axis_name=AXIS), in_axes=(0, 0, array_axes, 0, None), axis_name=AXIS))
+    if cell_axis == "vmap":
+        state, sched, loss_bound, arrays = _place(n, (state, sched, loss_bound), arrays, array_axes)
+    chunk = _program(b0.chunk_fn, array_axes, cell_axis)
     evaluate = b0.evaluate_fn(specs[0].eval_batch)
     bar = run.progress_bar(specs[0])
     summaries: list[dict | None] = [None] * n

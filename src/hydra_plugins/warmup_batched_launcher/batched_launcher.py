@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.warmup_batched_launcher.batched_launcher.BatchedLauncher"
     max_cells: Optional[int] = None  # cells per compiled program (null = a whole batchable group)
+    cell_axis: str = "auto"  # vmap (cells stepped together) | map (in turn) | auto (map for conv nets on CPU)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="warmup")
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_cells: Optional[int] = None) -> None:
-        self.max_cells = max_cells
+    def __init__(self, max_cells: Optional[int] = None, cell_axis: str = "auto") -> None:
+        self.max_cells, self.cell_axis = max_cells, cell_axis
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
 
@@ -50,7 +51,7 @@ class BatchedLauncher(Launcher):
             tasks.append(task)
             run_dirs.append(pathlib.Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir))
         try:
-            results = sweep.run_grid(tasks, run_dirs, self.max_cells)
+            results = sweep.run_grid(tasks, run_dirs, self.max_cells, self.cell_axis)
         except config.ConfigError as err:
             train.fail(str(err))
         returns = []
