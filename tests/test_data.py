@@ -184,20 +184,6 @@ def test_missing_files_raise_one_line_naming_them(tmp_path, monkeypatch):
     assert str(tmp_path / "env") in str(err.value)
 
 
-def test_download_when_online_then_cached(tmp_path, monkeypatch):
-    """The real download path, served from a local file:// "mirror"."""
-    raw = write_mnist(tmp_path / "mirror")
-    monkeypatch.setattr(data, "_online", lambda url: True)
-    monkeypatch.setitem(data._URLS, "mnist", (tmp_path / "mirror").as_uri() + "/")
-    cache = tmp_path / "home" / ".cache" / "warmup" / "mnist"
-    assert find_root("mnist", None) == cache
-    assert sorted(p.name for p in cache.iterdir()) == sorted(data._IDX_FILES)  # no .part files left
-    np.testing.assert_array_equal(load("mnist").y_test, raw["y_test"])
-    monkeypatch.setitem(data._URLS, "fashion_mnist", (tmp_path / "nowhere").as_uri() + "/")
-    with pytest.raises(DataNotFoundError, match=f"download into {tmp_path / 'elsewhere'} failed"):
-        find_root("fashion_mnist", str(tmp_path / "elsewhere"))
-
-
 def test_unknown_name():
     with pytest.raises(ValueError, match="allowed: fashion_mnist, mnist, cifar10, cifar100"):
         load("imagenet")

@@ -8,7 +8,8 @@ minibatch and its augmentation from a PRNG key inside the compiled training step
 
 Files are looked up under `data.root` (or its `<name>/`) when it is given, and nowhere else; otherwise under
 `$WARMUP_DATA_DIR` (or its `<name>/`), `/usr/share/datasets/<name>` and `~/.cache/warmup/<name>`. If none holds
-them and the network is reachable, the official files are downloaded into `data.root` (or `~/.cache/warmup/<name>`).
+them and the network is reachable, the official files are downloaded into `data.root` (or `~/.cache/warmup/<name>`)
+and checked against their published checksums (`fetch.py`).
 A file that cannot be read as its format is a `DataFileError` naming it.
 """
 
@@ -20,27 +21,22 @@ import pickle
 import socket
 import tarfile
 import urllib.parse
-import urllib.request
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warmup import fetch
+
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
 ENV_VAR = "WARMUP_DATA_DIR"
 SYSTEM_DIR = pathlib.Path("/usr/share/datasets")
 _SYSTEM_NAMES = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10", "cifar100": "cifar-100"}
-_URLS = {
-    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "cifar10": "https://www.cs.toronto.edu/~kriz/",
-    "cifar100": "https://www.cs.toronto.edu/~kriz/",
-}
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 _IDX_MAGIC = {2051: 3, 2049: 1}  # unsigned-byte images (N, H, W) and labels (N,)
-_TIMEOUT_S = 5  # connect / per-read timeout for the network check and downloads
+_TIMEOUT_S = 5  # connect timeout of the network check
 
 
 class _Cifar(NamedTuple):
@@ -124,17 +120,6 @@ def _online(url: str) -> bool:
         return False
 
 
-def _download(name: str, dest: pathlib.Path) -> None:
-    """Fetch the official files into `dest`; each is written to a temporary name, then renamed."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for file in (_CIFAR[name].archive,) if name in _CIFAR else _IDX_FILES:
-        tmp = dest / f"{file}.part"
-        with urllib.request.urlopen(_URLS[name] + file, timeout=_TIMEOUT_S) as response, open(tmp, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, dest / file)
-
-
 def find_root(name: str, root: str | None) -> pathlib.Path:
     """The first folder holding `name`'s files (search order in the module docstring), downloading if needed."""
     _check_name(name)
@@ -144,13 +129,13 @@ def find_root(name: str, root: str | None) -> pathlib.Path:
             return folder
     dest = pathlib.Path(root).expanduser() if root else folders[-1]
     problem = "and the download host is unreachable"
-    if _online(_URLS[name]):
+    if _online(fetch.host(name)):
         try:
-            _download(name, dest)
+            fetch.fetch(name, dest)
             if _source(name, dest) is not None:
                 return dest
             problem = f"and the download into {dest} did not produce them"
-        except OSError as err:
+        except (OSError, ValueError) as err:  # transfer failed after retries / a checksum differs
             problem = f"and the download into {dest} failed ({' '.join(str(err).split())})"
     raise DataNotFoundError(
         f"{name}: need {_required(name)} in one of {', '.join(map(str, folders))} "

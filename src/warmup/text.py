@@ -13,7 +13,9 @@ Corpora (`CORPORA`), each three raw text files, one per split (train / valid / t
                  `pydoc-py<major>.<minor>/pydoc.{…}.raw`, since the text differs a little between Python versions.
 
 Files are looked up under `data.root` (and its `<name>/`) when it is given, and nowhere else; otherwise under
-`$WARMUP_DATA_DIR` (and its `<name>/`) and `~/.cache/warmup/<name>`. A WikiText archive is downloaded (where the network is reachable) into `data.root` or `~/.cache/warmup/<name>`.
+`$WARMUP_DATA_DIR` (and its `<name>/`) and `~/.cache/warmup/<name>`. A WikiText archive is downloaded (where the
+network is reachable) into `data.root` or `~/.cache/warmup/<name>` and checked against its published checksum
+(`fetch.py`).
 
 Tokenizer: byte-pair encoding (Hugging Face `tokenizers`) with `vocab_size` tokens (4096 in the paper), trained on
 the training split only. Pre-tokenisation splits at spaces (`Metaspace`: each space is kept as a `▁` that starts
@@ -30,7 +32,6 @@ import os
 import pathlib
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from typing import NamedTuple
 
@@ -38,13 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from warmup import data
+from warmup import data, fetch
 
 CORPORA = ("wikitext2", "wikitext103", "pydoc")
 SPLITS = ("train", "valid", "test")
 UNK = "[UNK]"
-_WIKITEXT_URL = "https://wikitext.smerity.com/"
-_TIMEOUT_S = 30
 _PYDOC_EVERY = 20  # paragraph i: test if i % 20 == 19, valid if i % 20 == 18, else train
 
 
@@ -141,18 +140,12 @@ def find_corpus(name: str, root: str | None) -> pathlib.Path:
             _extract(base / layout.archive, layout)
             return base / layout.folder
     problem = "and the download host is unreachable"
-    if data._online(_WIKITEXT_URL):  # the image loader's network check ($WARMUP_OFFLINE included)
+    if data._online(fetch.host(name)):  # the image loader's network check ($WARMUP_OFFLINE included)
         try:
-            tmp = dest / f"{layout.archive}.part"
-            dest.mkdir(parents=True, exist_ok=True)
-            with urllib.request.urlopen(_WIKITEXT_URL + layout.archive, timeout=_TIMEOUT_S) as response, \
-                    open(tmp, "wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-            os.replace(tmp, dest / layout.archive)
+            fetch.fetch(name, dest)
             _extract(dest / layout.archive, layout)
             return dest / layout.folder
-        except (OSError, zipfile.BadZipFile, KeyError) as err:
+        except (OSError, ValueError, zipfile.BadZipFile, KeyError) as err:  # ValueError: a checksum differs
             problem = f"and the download into {dest} failed ({' '.join(str(err).split())})"
     raise data.DataNotFoundError(
         f"{name}: need {layout.archive} or {layout.folder}/{layout.pattern.format('{train,valid,test}')} in one of "
