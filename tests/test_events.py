@@ -43,3 +43,45 @@ def test_tensorboard_can_be_turned_off_and_a_redone_run_starts_a_fresh_event_fil
     (run_dir / "events.out.tfevents.stale").write_bytes(b"")
     records.start(run_dir, {"seed": 0}, {"status": "running"})
     assert not list(run_dir.glob("events.out.tfevents.*"))
+
+
+def read_wandb_history(run_dir) -> list[dict[str, float]]:
+    """The logged rows of the run's offline W&B file: a LevelDB-style log (7-byte file header, 32 KiB blocks of
+    records with a 7-byte header: CRC, length, kind) of `Record` protos."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, block, pending, rows = path.read_bytes(), 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): float(item.value_json)
+                             for item in record.history.item})
+    return rows
+
+
+def test_logger_wandb_logs_every_measured_metric_offline(run):
+    """logger=wandb (offline: no network) logs the metrics.csv values under the TensorBoard tags, by step."""
+    run_dir, _ = run("schedule.lr_trgt_scale=1", "sharpness.every=5", "logger=wandb", "train.tensorboard=false")
+    metrics = records.read_metrics(run_dir)
+    history = read_wandb_history(run_dir)
+    logged = {}
+    for row in history:
+        logged.setdefault(int(row["_step"]), {}).update(row)
+    assert sorted(logged) == sorted(set(metrics.step))
+    for column, tag in events.TAGS.items():
+        measured = metrics[metrics[column].notna()] if column in metrics else metrics.iloc[:0]
+        assert sorted(s for s, row in logged.items() if tag in row) == sorted(set(measured.step)), tag
+        last = measured.drop_duplicates("step", keep="last")
+        np.testing.assert_allclose([logged[s][tag] for s in last.step], last[column], rtol=1e-6, err_msg=tag)
+    assert not list(run_dir.glob("events.out.tfevents.*"))
+    records.start(run_dir, {"seed": 0}, {"status": "running"})  # a redone run starts a fresh W&B run
+    assert not (run_dir / "wandb").exists()

@@ -43,6 +43,7 @@ class RunSpec:
     eval_batch: int
     progress: bool
     tensorboard: bool  # write TensorBoard event files beside the records
+    logger: dict  # the logger group (name: none | wandb, and its settings): `events.writers`
     skip_above: tuple[str, ...]  # statuses of a smaller η_trgt that skip this cell (train.skip_above); () = never
     perplexity: bool  # a language model with cross-entropy reports its test perplexity
 
@@ -57,7 +58,7 @@ def spec(cfg: DictConfig) -> RunSpec:
                                    s.search_check_steps),
         eigen=dict(method=h.method, max_iters=h.init_max_iters, tol=h.init_tol, dtype=h.dtype),
         divergence_factor=t.divergence_factor, eval_batch=t.eval_batch, progress=t.progress,
-        tensorboard=t.tensorboard,
+        tensorboard=t.tensorboard, logger=OmegaConf.to_container(cfg.logger, resolve=True),
         skip_above={None: (), "diverged": ("diverged",), "failed": ("failed", "diverged")}[t.skip_above],
         perplexity=cfg.data.name in text.CORPORA and cfg.loss.name == "xent")
 

@@ -14,7 +14,7 @@ from warmup.curvature import DTYPES as SHARPNESS_DTYPES, METHODS as SHARPNESS_ME
 from warmup.text import CORPORA as TEXT_CORPORA
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
-GROUPS = ("model", "param", "optimizer", "loss", "data", "schedule", "sharpness")  # packaged as their own node
+GROUPS = ("model", "param", "optimizer", "loss", "data", "schedule", "sharpness", "logger")  # packaged as their own node
 SCHEDULE_INITS = ("linear", "catapult", "persistent")
 # Training examples in each image dataset's published files (a `data.root` may hold fewer: checked on load).
 PUBLISHED_TRAIN_SIZE = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
@@ -22,11 +22,14 @@ PUBLISHED_TRAIN_SIZE = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000
 # Keys (or key prefixes, ending in '.') that do not change a run's numbers: how it is chunked and shown, and the
 # figure's description (`exp.`, whose numbers reach the run through the keys it sets). A relaunch compares every
 # other key with the finished record; a batch may differ in these; tables leave them out; cell names omit them.
-NOT_A_RESULT = ("train.progress", "train.tensorboard", "train.chunk_steps", "train.scan_unroll", "exp.")
+NOT_A_RESULT = (
+    "train.progress", "train.tensorboard", "train.chunk_steps", "train.scan_unroll", "exp.", "logger.")
 # Overrides left out of a sweep cell's directory name: the above, where the data lies (checked on relaunch, see
 # `records.finished_summary`) and how the cell is launched, so a relaunch with another launcher finds its records.
 CELL_NAME_EXCLUDES = (*[k for k in NOT_A_RESULT if not k.endswith(".")], "data.root", "launcher",
-                      "hydra.launcher.n_jobs", "hydra.launcher.max_cells")
+                      "hydra.launcher.n_jobs", "hydra.launcher.max_cells", "hydra.launcher.cell_axis",
+                      "logger", *(f"logger.{k}" for k in ("project", "entity", "mode", "group")))
+LOGGERS, WANDB_MODES = ("none", "wandb"), ("offline", "online", "disabled")
 MAX_CELL_NAME = 200  # bytes; longer override lists are shortened with a hash (file systems allow 255)
 
 
@@ -163,6 +166,9 @@ def _validate_training(cfg: DictConfig) -> None:
         _boolean(cfg, key)
     _number(cfg, "train.divergence_factor", 1, above=True)
     _choice(cfg, "train.skip_above", (None, "diverged", "failed"))
+    _choice(cfg, "logger.name", LOGGERS)
+    if cfg.logger.name == "wandb":
+        _choice(cfg, "logger.mode", WANDB_MODES)
 
 
 def _validate_data(cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@ a directory already holds this config's finished result (resume matching)."""
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 
 import pandas as pd
@@ -90,11 +91,12 @@ def read_config(run_dir) -> dict | None:
 
 def start(run_dir, config: dict, summary: dict, extra_files: dict[str, str] | None = None) -> None:
     """A fresh attempt: config.yaml, `extra_files` ({relative path: text}) and a `running` summary; what a killed
-    attempt left (metrics, TensorBoard events, temporary files) is removed."""
+    attempt left (metrics, TensorBoard events, an offline W&B run, temporary files) is removed."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (run_dir / "metrics.csv", *run_dir.glob(".*.tmp"), *run_dir.glob("events.out.tfevents.*")):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "wandb", ignore_errors=True)
     write_config(run_dir, config)
     for name, text in (extra_files or {}).items():
         write_atomic(run_dir / name, text)

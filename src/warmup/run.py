@@ -112,14 +112,14 @@ class Record:
         self.chunks: list[pd.DataFrame] = []
         self.columns: list[str] = []  # metrics.csv's header, fixed by the first chunk
         records.start(self.run_dir, spec.config, self.summary, extra_files)
-        self.events = events.EventWriter(self.run_dir) if spec.tensorboard else None
+        self.views = events.writers(self.run_dir, spec)
 
     def metrics(self) -> pd.DataFrame:
         return pd.concat(self.chunks, ignore_index=True)
 
     def append(self, rows: dict, steps_completed: int) -> None:
-        if self.events is not None:
-            self.events.write(rows)
+        for view in self.views:
+            view.write(rows)
         self.chunks.append(pd.DataFrame(rows))
         if not self.columns:
             self.columns = records.metric_columns(self.chunks[0])
@@ -143,10 +143,10 @@ class Record:
                              test_acc=test_acc)
             metrics = pd.concat([metrics, pd.DataFrame([final_row])], ignore_index=True)
             records.append_metrics(self.run_dir, pd.DataFrame([final_row]), self.columns)
-            if self.events is not None:
-                self.events.write({k: [v] for k, v in final_row.items()})
-        if self.events is not None:
-            self.events.close()
+            for view in self.views:
+                view.write({k: [v] for k, v in final_row.items()})
+        for view in self.views:
+            view.close()
         outcome = status(frozen, float(train_acc), self.built.chance_acc)
         summary = {**self.summary,
                    "status": outcome, "steps_completed": steps_completed,
