@@ -1,4 +1,12 @@
+import json
+import shutil
+import socket
 import struct
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -85,3 +93,56 @@ def test_logger_wandb_logs_every_measured_metric_offline(run):
     assert not list(run_dir.glob("events.out.tfevents.*"))
     records.start(run_dir, {"seed": 0}, {"status": "running"})  # a redone run starts a fresh W&B run
     assert not (run_dir / "wandb").exists()
+
+
+def _serve_tensorboard(logdir, run_name: str, tag: str):
+    """A TensorBoard server on a free local port, returned once its data API lists `tag` for `run_name`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host",
+                               "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=5) as answer:
+                if tag in json.load(answer).get(run_name, {}):
+                    return server, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            pytest.fail(f"TensorBoard did not serve {run_name}'s {tag}")
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_tensorboard_shows_a_runs_sharpness_chart_in_headless_chromium(run, tmp_path):
+    """A person's view: TensorBoard's Scalars page filtered to one tag, screenshot by headless Chromium. Filtered to
+    λᴴ, the page's first chart must hold the run's plotted line (saturated pixels; axes and labels are grey), and a
+    different one from the page filtered to its threshold 2/η_t in the same place (a filter that matched nothing
+    would show the same other charts there)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    pytest.importorskip("tensorboard", reason="TensorBoard is not installed (pip install tensorboard)")
+    import matplotlib.image
+
+    run_dir, _ = run("schedule.lr_trgt_scale=1", "schedule.warmup_steps=5", "sharpness.every=2")
+    server, url = _serve_tensorboard(run_dir.parent, run_dir.name, "sharpness/hessian")
+    lines = {}
+    try:
+        for tag in ("sharpness/hessian", "sharpness/hessian_threshold"):
+            shot = tmp_path / f"{tag.replace('/', '_')}.png"
+            page = f"{url}/#scalars&tagFilter={urllib.parse.quote(tag + '$', safe='')}"
+            subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                            "--virtual-time-budget=30000", f"--screenshot={shot}", page],
+                           check=True, timeout=180, capture_output=True)
+            pixels = matplotlib.image.imread(shot)[..., :3]
+            assert pixels.shape[:2] == (1000, 1400)
+            chart = pixels[200:440, 380:780]  # the first chart of the page: the filter's only match
+            lines[tag] = chart.max(axis=-1) - chart.min(axis=-1) > 0.3
+            assert lines[tag].sum() > 200, f"no plotted line in the {tag} chart; see {shot}"
+    finally:
+        server.kill()
+    assert (lines["sharpness/hessian"] != lines["sharpness/hessian_threshold"]).sum() > 200
