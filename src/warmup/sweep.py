@@ -225,7 +225,11 @@ def _program(chunk_fn, array_axes: loop.Arrays, cell_axis: str):
         def cell(xs):
             state_i, sched_i, stacked_i, bound_i = xs
             own = loop.Arrays(*(s if axis == 0 else a for s, a, axis in zip(stacked_i, arrays, array_axes)))
-            return chunk(state_i, sched_i, own, bound_i, steps)
+            train = lambda: chunk(state_i, sched_i, own, bound_i, steps)
+            _, shapes = jax.eval_shape(train)
+            idle = lambda: (state_i, {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()})  # valid = False
+            # a diverged or finished cell is skipped, not stepped as a no-op (as vmap must)
+            return jax.lax.cond(state_i.frozen | (state_i.step >= steps), idle, train)
         return jax.lax.map(cell, (state, sched, stacked, loss_bound))
     return jax.jit(mapped)
 
