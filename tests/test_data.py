@@ -3,11 +3,13 @@ import io
 import pathlib
 import pickle
 import tarfile
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from warmup import data
 from warmup.data import (DATASETS, DataNotFoundError, Dataset, augment, draw_batch, find_root, load, one_hot,
@@ -61,6 +63,39 @@ def write_cifar(folder, name, as_tar=False):
         for f, batch in batches.items():
             (folder / c.folder / f).write_bytes(pickle.dumps(batch))
     return batches
+
+
+TINY_WNIDS = ("n03", "n01", "n02")  # not sorted: the class index is the line of wnids.txt
+TINY_VAL = (("val_0.JPEG", "n02"), ("val_1.JPEG", "n03"), ("val_2.JPEG", "n01"), ("val_3.JPEG", "n02"))
+
+
+def write_tiny_imagenet(folder, as_zip=False):
+    """A tiny-imagenet-200/ in the published layout (or its .zip): 3 classes × 2 training JPEGs, 4 labelled
+    validation JPEGs (val_2 grayscale). Returns {path inside tiny-imagenet-200/: JPEG bytes}."""
+    def jpeg(mode="RGB"):
+        out = io.BytesIO()
+        Image.fromarray(RNG.integers(0, 256, (64, 64, 3) if mode == "RGB" else (64, 64), dtype=np.uint8)).save(
+            out, "JPEG")
+        return out.getvalue()
+
+    files = {"wnids.txt": "\n".join(TINY_WNIDS).encode() + b"\n",
+             "val/val_annotations.txt": b"".join(f"{f}\t{w}\t0\t3\t60\t62\n".encode() for f, w in TINY_VAL)}
+    files |= {f"train/{w}/images/{w}_{k}.JPEG": jpeg() for w in TINY_WNIDS for k in range(2)}
+    files |= {f"val/images/{f}": jpeg("L" if f == "val_2.JPEG" else "RGB") for f, _ in TINY_VAL}
+    folder.mkdir(parents=True, exist_ok=True)
+    if as_zip:
+        with zipfile.ZipFile(folder / "tiny-imagenet-200.zip", "w") as z:
+            for path, blob in files.items():
+                z.writestr(f"tiny-imagenet-200/{path}", blob)
+    else:
+        for path, blob in files.items():
+            (folder / "tiny-imagenet-200" / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / "tiny-imagenet-200" / path).write_bytes(blob)
+    return files
+
+
+def decoded(files, paths):
+    return np.stack([np.asarray(Image.open(io.BytesIO(files[p])).convert("RGB")) for p in paths])
 
 
 def assert_standardized(x):
@@ -147,6 +182,64 @@ def test_cifar_channel_first_bytes_land_in_hwc():
     np.testing.assert_array_equal(load("cifar10").x_train[0], 0)  # a constant image standardises to zeros
 
 
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_tiny_imagenet_round_trip(tmp_path, as_zip):
+    files = write_tiny_imagenet(tmp_path, as_zip)
+    ds = load("tiny_imagenet", str(tmp_path))
+    assert ds.x_train.shape == (6, 64, 64, 3) and ds.x_test.shape == (4, 64, 64, 3) and ds.num_classes == 3
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32 and ds.y_test.dtype == np.int32
+    np.testing.assert_array_equal(ds.y_train, [0, 0, 1, 1, 2, 2])  # class by class, in the order of wnids.txt
+    np.testing.assert_array_equal(ds.y_test, [2, 0, 1, 2])  # n02, n03, n01, n02 in val_annotations.txt
+    train = [f"train/{w}/images/{w}_{k}.JPEG" for w in TINY_WNIDS for k in range(2)]
+    np.testing.assert_allclose(ds.x_train, standardize(decoded(files, train)), atol=1e-6)
+    np.testing.assert_allclose(ds.x_test, standardize(decoded(files, [f"val/images/{f}" for f, _ in TINY_VAL])),
+                               atol=1e-6)
+    np.testing.assert_array_equal(ds.x_test[2], ds.x_test[2][..., :1].repeat(3, -1))  # grayscale → equal channels
+    assert_standardized(ds.x_train)
+    assert_standardized(ds.x_test)
+
+
+def test_tiny_imagenet_decoded_once_then_read_from_its_cache(tmp_path, monkeypatch):
+    write_tiny_imagenet(tmp_path)
+    first = load("tiny_imagenet", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-imagenet-200", "tiny-imagenet-200.npz"]  # no temp
+    (tmp_path / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_0.JPEG").unlink()
+    for a, b in zip(first, load("tiny_imagenet", str(tmp_path))):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # a read-only data folder (we may be root)
+    write_tiny_imagenet(tmp_path / "read_only", as_zip=True)
+    load("tiny_imagenet", str(tmp_path / "read_only"))
+    assert not (tmp_path / "read_only" / "tiny-imagenet-200.npz").exists()
+    assert (tmp_path / "home" / ".cache" / "warmup" / "tiny_imagenet" / "tiny-imagenet-200.npz").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncated JPEG", "32x32 JPEG", "missing val image", "class without images",
+                                    "class not in wnids.txt", "truncated zip"])
+def test_a_damaged_tiny_imagenet_is_one_line_naming_the_file(tmp_path, damage):
+    write_tiny_imagenet(tmp_path, as_zip=damage == "truncated zip")
+    root = tmp_path / "tiny-imagenet-200"
+    victim = {"truncated JPEG": root / "train" / "n02" / "images" / "n02_1.JPEG",
+              "32x32 JPEG": root / "train" / "n02" / "images" / "n02_1.JPEG",
+              "missing val image": root / "val" / "images" / "val_3.JPEG",
+              "class without images": root / "train" / "n01" / "images",
+              "class not in wnids.txt": root / "train" / "n99" / "images" / "n99_0.JPEG",
+              "truncated zip": tmp_path / "tiny-imagenet-200.zip"}[damage]
+    if damage == "missing val image":
+        victim.unlink()
+    elif damage == "class without images":
+        for jpeg in victim.iterdir():
+            jpeg.unlink()
+    elif damage in ("32x32 JPEG", "class not in wnids.txt"):
+        victim.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32) if damage == "32x32 JPEG" else (64, 64)).save(victim, "JPEG")
+    else:
+        victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
+    with pytest.raises(data.DataFileError) as err:
+        load("tiny_imagenet", str(tmp_path))
+    assert str(err.value).startswith(f"{victim}:") and "\n" not in str(err.value)
+    assert not (tmp_path / "tiny-imagenet-200.npz").exists()
+
+
 def test_standardize_is_per_image():
     x = np.stack([np.arange(12.0).reshape(2, 2, 3), 5 + 100 * np.arange(12.0).reshape(2, 2, 3)])
     z = standardize(x)
@@ -185,9 +278,9 @@ def test_missing_files_raise_one_line_naming_them(tmp_path, monkeypatch):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="allowed: fashion_mnist, mnist, cifar10, cifar100"):
+    with pytest.raises(ValueError, match="allowed: fashion_mnist, mnist, cifar10, cifar100, tiny_imagenet"):
         load("imagenet")
-    assert DATASETS == ("fashion_mnist", "mnist", "cifar10", "cifar100")
+    assert DATASETS == ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet")
 
 
 def test_subset_is_seeded():

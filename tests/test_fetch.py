@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from warmup import data, fetch, text
-from test_data import write_mnist
+from test_data import write_mnist, write_tiny_imagenet
 
 
 @pytest.fixture
@@ -93,3 +93,11 @@ def test_wikitext_archive_downloaded_and_extracted(tmp_path, mirror):
     folder = text.find_corpus("wikitext2", str(tmp_path / "dest"))
     assert folder == tmp_path / "dest" / "wikitext-2-raw"
     assert (folder / "wiki.valid.raw").read_text() == " = valid = \n the valid text .\n"
+
+
+def test_tiny_imagenet_zip_downloaded_and_read_in_place(tmp_path, mirror):
+    write_tiny_imagenet(tmp_path / "published", as_zip=True)
+    mirror("tiny_imagenet", tmp_path / "published")
+    ds = data.load("tiny_imagenet", str(tmp_path / "dest"))
+    assert ds.x_train.shape == (6, 64, 64, 3) and ds.x_test.shape == (4, 64, 64, 3)
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["tiny-imagenet-200.npz", "tiny-imagenet-200.zip"]

@@ -44,6 +44,7 @@ class RunSpec:
     progress: bool
     tensorboard: bool  # write TensorBoard event files beside the records
     logger: dict  # the logger group (name: none | wandb, and its settings): `events.writers`
+    checkpoint_every: int  # a mid-run checkpoint after the chunk crossing each multiple of it (0 = only on SIGTERM)
     skip_above: tuple[str, ...]  # statuses of a smaller η_trgt that skip this cell (train.skip_above); () = never
     perplexity: bool  # a language model with cross-entropy reports its test perplexity
 
@@ -59,6 +60,7 @@ def spec(cfg: DictConfig) -> RunSpec:
         eigen=dict(method=h.method, max_iters=h.init_max_iters, tol=h.init_tol, dtype=h.dtype),
         divergence_factor=t.divergence_factor, eval_batch=t.eval_batch, progress=t.progress,
         tensorboard=t.tensorboard, logger=OmegaConf.to_container(cfg.logger, resolve=True),
+        checkpoint_every=t.checkpoint_every,
         skip_above={None: (), "diverged": ("diverged",), "failed": ("failed", "diverged")}[t.skip_above],
         perplexity=cfg.data.name in text.CORPORA and cfg.loss.name == "xent")
 

@@ -17,13 +17,15 @@ CONFIG_DIR = pathlib.Path(__file__).parent / "configs"
 GROUPS = ("model", "param", "optimizer", "loss", "data", "schedule", "sharpness", "logger")  # packaged as their own node
 SCHEDULE_INITS = ("linear", "catapult", "persistent")
 # Training examples in each image dataset's published files (a `data.root` may hold fewer: checked on load).
-PUBLISHED_TRAIN_SIZE = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+PUBLISHED_TRAIN_SIZE = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000,
+                        "tiny_imagenet": 100000}
 
 # Keys (or key prefixes, ending in '.') that do not change a run's numbers: how it is chunked and shown, and the
 # figure's description (`exp.`, whose numbers reach the run through the keys it sets). A relaunch compares every
 # other key with the finished record; a batch may differ in these; tables leave them out; cell names omit them.
 NOT_A_RESULT = (
-    "train.progress", "train.tensorboard", "train.chunk_steps", "train.scan_unroll", "exp.", "logger.")
+    "train.progress", "train.tensorboard", "train.chunk_steps", "train.scan_unroll", "train.checkpoint_every", "exp.",
+    "logger.")
 # Overrides left out of a sweep cell's directory name: the above, where the data lies (checked on relaunch, see
 # `records.finished_summary`) and how the cell is launched, so a relaunch with another launcher finds its records.
 CELL_NAME_EXCLUDES = (*[k for k in NOT_A_RESULT if not k.endswith(".")], "data.root", "launcher",
@@ -161,6 +163,7 @@ def _validate_training(cfg: DictConfig) -> None:
     for key in ("train.steps", "train.eval_batch", "train.chunk_steps", "train.scan_unroll", "model.width"):
         _integer(cfg, key, 1)
     _integer(cfg, "train.eval_every", 0, " (0 = only at the end)")
+    _integer(cfg, "train.checkpoint_every", 0, " (0 = only on SIGTERM)")
     _require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool), f"seed={cfg.seed}: must be an integer")
     for key in ("param.full_mup", "train.progress", "train.tensorboard"):
         _boolean(cfg, key)

@@ -2,7 +2,8 @@
 batching and augmentation.
 
 Host side (numpy): `load` reads the published files — MNIST / Fashion-MNIST IDX `.gz`, CIFAR-10/100 python
-pickles (extracted folder or the `.tar.gz` itself) — and standardises each image on its own; `subset` takes a
+pickles (extracted folder or the `.tar.gz` itself), Tiny-ImageNet JPEGs (extracted folder or the `.zip` itself,
+decoded once into an `.npz` cache) — and standardises each image on its own; `subset` takes a
 seeded training subset. Device side (jax, pure, jit- and vmap-able): `draw_batch` and `augment` draw a
 minibatch and its augmentation from a PRNG key inside the compiled training step.
 
@@ -20,7 +21,10 @@ import pathlib
 import pickle
 import socket
 import tarfile
+import tempfile
 import urllib.parse
+import zipfile
+import zlib
 from typing import NamedTuple
 
 import jax
@@ -29,14 +33,18 @@ import numpy as np
 
 from warmup import fetch
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet")
 ENV_VAR = "WARMUP_DATA_DIR"
 SYSTEM_DIR = pathlib.Path("/usr/share/datasets")
-_SYSTEM_NAMES = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10", "cifar100": "cifar-100"}
+_SYSTEM_NAMES = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10", "cifar100": "cifar-100",
+                 "tiny_imagenet": "tiny-imagenet"}
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 _IDX_MAGIC = {2051: 3, 2049: 1}  # unsigned-byte images (N, H, W) and labels (N,)
 _TIMEOUT_S = 5  # connect timeout of the network check
+_TINY = "tiny-imagenet-200"  # the stem of the published zip, the folder it extracts to and the decoded cache
+_TINY_MARKS = ("wnids.txt", "val/val_annotations.txt")  # files that mark an extracted Tiny-ImageNet folder
+_TINY_SIZE = (64, 64, 3)
 
 
 class _Cifar(NamedTuple):
@@ -77,24 +85,42 @@ def _check_name(name: str) -> None:
         raise ValueError(f"data.name={name}: unknown; allowed: {', '.join(DATASETS)}")
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _home_cache(name: str) -> pathlib.Path:
+    return pathlib.Path.home() / ".cache" / "warmup" / name
+
+
 # ---- locating and downloading the files ---------------------------------------------------------------------
 
+def _extracted_or_archive(folder: pathlib.Path, extracted: str, files: tuple[str, ...], archive: str):
+    """`folder/extracted`, or `folder` itself, if it holds all `files`; else `folder/archive`; None if neither."""
+    for candidate in (folder / extracted, folder):
+        if all((candidate / f).is_file() for f in files):
+            return candidate
+    return folder / archive if (folder / archive).is_file() else None
+
+
 def _source(name: str, folder: pathlib.Path) -> pathlib.Path | None:
-    """What `load` reads in `folder`: the folder of IDX files, a CIFAR batch folder or archive; None if absent."""
-    if name not in _CIFAR:
-        return folder if all((folder / f).is_file() for f in _IDX_FILES) else None
-    c = _CIFAR[name]
-    for batches in (folder / c.folder, folder):
-        if all((batches / f).is_file() for f in (*c.train, c.test)):
-            return batches
-    return folder / c.archive if (folder / c.archive).is_file() else None
+    """What `load` reads in `folder`: the folder of IDX files, a CIFAR batch folder or archive, a Tiny-ImageNet
+    folder or zip; None if absent."""
+    if name in _CIFAR:
+        c = _CIFAR[name]
+        return _extracted_or_archive(folder, c.folder, (*c.train, c.test), c.archive)
+    if name == "tiny_imagenet":
+        return _extracted_or_archive(folder, _TINY, _TINY_MARKS, f"{_TINY}.zip")
+    return folder if all((folder / f).is_file() for f in _IDX_FILES) else None
 
 
 def _required(name: str) -> str:
-    if name not in _CIFAR:
-        return ", ".join(_IDX_FILES)
-    c = _CIFAR[name]
-    return f"{c.archive} (or its extracted {c.folder}/ with {', '.join((*c.train, c.test))})"
+    if name in _CIFAR:
+        c = _CIFAR[name]
+        return f"{c.archive} (or its extracted {c.folder}/ with {', '.join((*c.train, c.test))})"
+    if name == "tiny_imagenet":
+        return f"{_TINY}.zip (or its extracted {_TINY}/ with {', '.join(_TINY_MARKS)}, train/)"
+    return ", ".join(_IDX_FILES)
 
 
 def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
@@ -104,7 +130,7 @@ def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
         return [pathlib.Path(root).expanduser(), pathlib.Path(root).expanduser() / name]
     given = [pathlib.Path(d).expanduser() for d in (os.environ.get(ENV_VAR),) if d]
     return [*(p for d in given for p in (d, d / name)),
-            SYSTEM_DIR / _SYSTEM_NAMES[name], pathlib.Path.home() / ".cache" / "warmup" / name]
+            SYSTEM_DIR / _SYSTEM_NAMES[name], _home_cache(name)]
 
 
 def _online(url: str) -> bool:
@@ -136,7 +162,7 @@ def find_root(name: str, root: str | None) -> pathlib.Path:
                 return dest
             problem = f"and the download into {dest} did not produce them"
         except (OSError, ValueError) as err:  # transfer failed after retries / a checksum differs
-            problem = f"and the download into {dest} failed ({' '.join(str(err).split())})"
+            problem = f"and the download into {dest} failed ({_one_line(err)})"
     raise DataNotFoundError(
         f"{name}: need {_required(name)} in one of {', '.join(map(str, folders))} "
         f"(set data.root or ${ENV_VAR} to the folder holding them) {problem}")
@@ -155,7 +181,7 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
         shape = tuple(np.frombuffer(raw, ">u4", ndim, offset=4).astype(int))
         return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
     except (OSError, EOFError, ValueError) as err:  # gzip's BadGzipFile is an OSError
-        raise DataFileError(f"{path}: not a readable unsigned-byte IDX .gz file ({' '.join(str(err).split())})") from err
+        raise DataFileError(f"{path}: not a readable unsigned-byte IDX .gz file ({_one_line(err)})") from err
 
 
 def _load_idx(folder: pathlib.Path):
@@ -168,7 +194,7 @@ def _load_cifar(name: str, source: pathlib.Path):
     try:
         return _read_cifar(_CIFAR[name], source)
     except (OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError, tarfile.TarError) as err:
-        raise DataFileError(f"{source}: not a readable CIFAR python pickle set ({' '.join(str(err).split())})") from err
+        raise DataFileError(f"{source}: not a readable CIFAR python pickle set ({_one_line(err)})") from err
 
 
 def _read_cifar(c: _Cifar, source: pathlib.Path):
@@ -185,6 +211,97 @@ def _read_cifar(c: _Cifar, source: pathlib.Path):
         return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
     return *arrays(c.train), *arrays((c.test,)), c.num_classes
+
+
+def _load_tiny(folder: pathlib.Path, source: pathlib.Path):
+    """Tiny-ImageNet from its `.npz` cache in `folder` (or in ~/.cache/warmup/tiny_imagenet/ when `folder` is
+    read-only), else decoded from `source` and cached there: decoding its 110 000 JPEGs takes about a minute,
+    reading the cache seconds. The cache is written under a temporary name, then renamed, so it is never half there."""
+    cache = (folder if os.access(folder, os.W_OK) else _home_cache("tiny_imagenet")) / f"{_TINY}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return *(z[f] for f in Dataset._fields[:4]), int(z["num_classes"])
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise DataFileError(f"{cache}: not a readable decoded Tiny-ImageNet cache ({_one_line(err)})") from err
+    arrays = (_decode_tiny(source, source.glob("train/*/images/*.JPEG")) if source.is_dir()
+              else _decode_tiny_zip(source))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **dict(zip(Dataset._fields, arrays)))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data folder is meant to be shared
+        os.replace(tmp, cache)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return arrays
+
+
+def _decode_tiny_zip(source: pathlib.Path):
+    """Read in place: a zipfile.Path offers what `_decode_tiny` uses of a pathlib.Path (/, read_bytes, parent, name)."""
+    try:
+        archive = zipfile.ZipFile(source)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise DataFileError(f"{source}: not a readable zip archive ({_one_line(err)})") from err
+    with archive:
+        train = f"{_TINY}/train/"
+        return _decode_tiny(zipfile.Path(archive, f"{_TINY}/"), (
+            zipfile.Path(archive, n) for n in archive.namelist() if n.startswith(train) and n.endswith(".JPEG")))
+
+
+def _decode_tiny(root, train_files):
+    """The published layout under `root`: class index = line of `wnids.txt`; training images
+    `train/<wnid>/images/*.JPEG`, taken class by class in that order, by file name within a class; the labelled
+    validation images `val/images/*` (our test split: the official test images have no labels), in the order of
+    `val/val_annotations.txt` (tab-separated: file, wnid, then its box)."""
+    wnids = _read_text(root / "wnids.txt").split()
+    index = {w: i for i, w in enumerate(wnids)}
+    labelled = []
+    for path in train_files:
+        wnid = path.parent.parent.name
+        if wnid not in index:
+            raise DataFileError(f"{path}: its class {wnid} is not in {root / 'wnids.txt'}")
+        labelled.append((index[wnid], path.name, path))
+    absent = sorted(set(range(len(wnids))) - {label for label, _, _ in labelled})
+    if absent:
+        raise DataFileError(f"{root / 'train' / wnids[absent[0]] / 'images'}: no training images of class "
+                            f"{wnids[absent[0]]} ({len(absent)} of the {len(wnids)} classes have none)")
+    labelled.sort(key=lambda t: t[:2])
+    annotations = root / "val" / "val_annotations.txt"
+    try:
+        val = [(index[wnid], root / "val" / "images" / file)
+               for file, wnid, *_ in (line.split("\t") for line in _read_text(annotations).splitlines() if line)]
+    except (KeyError, ValueError) as err:  # a class not in wnids.txt, a line without a tab
+        raise DataFileError(f"{annotations}: expected tab-separated lines file, wnid, box with the wnids of "
+                            f"wnids.txt ({_one_line(err)})") from err
+    return (np.stack([_read_jpeg(path) for _, _, path in labelled]), np.array([t[0] for t in labelled]),
+            np.stack([_read_jpeg(path) for _, path in val]), np.array([label for label, _ in val]), len(wnids))
+
+
+_READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)  # a zip member's CRC, deflate
+
+
+def _read_text(path) -> str:
+    try:
+        return path.read_bytes().decode()
+    except _READ_ERRORS as err:  # UnicodeDecodeError is a ValueError
+        raise DataFileError(f"{path}: not a readable text file ({_one_line(err)})") from err
+
+
+def _read_jpeg(path) -> np.ndarray:
+    """One 64×64 JPEG as (64, 64, 3) uint8; the few grayscale ones in the published set become RGB."""
+    from PIL import Image  # only Tiny-ImageNet needs Pillow
+
+    try:
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
+            x = np.asarray(image.convert("RGB"))
+    except _READ_ERRORS as err:  # Pillow: UnidentifiedImageError and "image file is truncated" are OSErrors
+        raise DataFileError(f"{path}: not a readable JPEG ({_one_line(err)})") from err
+    if x.shape != _TINY_SIZE:
+        raise DataFileError(f"{path}: a {x.shape[1]}×{x.shape[0]} image, expected 64×64")
+    return x
 
 
 def standardize(x: np.ndarray) -> np.ndarray:
@@ -204,7 +321,13 @@ def load(name: str, root: str | None = None) -> Dataset:
     """The full train and test sets of `name` (one of DATASETS), per-image standardised."""
     folder = find_root(name, root)
     source = _source(name, folder)
-    x_train, y_train, x_test, y_test, k = _load_cifar(name, source) if name in _CIFAR else _load_idx(source)
+    if name in _CIFAR:
+        raw = _load_cifar(name, source)
+    elif name == "tiny_imagenet":
+        raw = _load_tiny(folder, source)
+    else:
+        raw = _load_idx(source)
+    x_train, y_train, x_test, y_test, k = raw
     return Dataset(standardize(x_train), y_train.astype(np.int32), standardize(x_test), y_test.astype(np.int32), k)
 
 

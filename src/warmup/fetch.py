@@ -18,6 +18,7 @@ TIMEOUT_S = 30  # connect / per-read timeout of one attempt
 _FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _CIFAR = "https://www.cs.toronto.edu/~kriz/"
+_TINY_IMAGENET = "http://cs231n.stanford.edu/"
 _WIKITEXT = "https://wikitext.smerity.com/"
 
 # dataset -> {file: (URL, MD5 of the published file)}
@@ -36,6 +37,7 @@ FILES: dict[str, dict[str, tuple[str, str]]] = {
     },
     "cifar10": {"cifar-10-python.tar.gz": (_CIFAR, "c58f30108f718f92721af3b95e74349a")},
     "cifar100": {"cifar-100-python.tar.gz": (_CIFAR, "eb9058c3a382ffc7106e4002c42a8d85")},
+    "tiny_imagenet": {"tiny-imagenet-200.zip": (_TINY_IMAGENET, "90528d7ca1a48142e341f4ef8d21d0de")},
     "wikitext2": {"wikitext-2-raw-v1.zip": (_WIKITEXT, "f407a2d53283fc4a49bcff21bc5f3770")},
     "wikitext103": {"wikitext-103-raw-v1.zip": (_WIKITEXT, "0ca3512bd7a238be4a63ce7b434f8935")},
 }

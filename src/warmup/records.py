@@ -94,9 +94,8 @@ def start(run_dir, config: dict, summary: dict, extra_files: dict[str, str] | No
     attempt left (metrics, TensorBoard events, an offline W&B run, temporary files) is removed."""
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / "metrics.csv", *run_dir.glob(".*.tmp"), *run_dir.glob("events.out.tfevents.*")):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "wandb", ignore_errors=True)
+    (run_dir / "metrics.csv").unlink(missing_ok=True)
+    _remove_views_and_temporaries(run_dir)
     write_config(run_dir, config)
     for name, text in (extra_files or {}).items():
         write_atomic(run_dir / name, text)
@@ -124,13 +123,49 @@ def finished_summary(run_dir, config: dict | None = None) -> dict | None:
     if summary is None or summary.get("status") not in FINISHED:
         return None
     stored = read_config(run_dir)
-    if config is not None and stored is not None:
-        stored, given = flat(stored), flat(config)
-        for key in sorted(k for k in stored.keys() & given.keys() if is_result_key(k)):
-            if stored[key] != given[key]:
-                raise ConfigError(f"{key}={given[key]}: {run_dir} holds a finished run with {key}={stored[key]}; "
-                                  "launch into another hydra.run.dir / hydra.sweep.dir, or remove that record")
+    if config is not None and stored is not None and (key := _differing_result_key(stored, config)) is not None:
+        raise ConfigError(f"{key}={flat(config)[key]}: {run_dir} holds a finished run with {key}={flat(stored)[key]}; "
+                          "launch into another hydra.run.dir / hydra.sweep.dir, or remove that record")
     return summary
+
+
+def _differing_result_key(stored: dict, given: dict) -> str | None:
+    """The first result key whose values differ (keys only one side has are not compared), or None."""
+    stored, given = flat(stored), flat(given)
+    return next((k for k in sorted(stored.keys() & given.keys()) if is_result_key(k) and stored[k] != given[k]), None)
+
+
+def interrupted_with(run_dir, config: dict) -> bool:
+    """Whether `run_dir` holds a `running` record of this config (a killed or preempted attempt to resume)."""
+    summary, stored = read_summary(run_dir), read_config(run_dir)
+    return (summary is not None and summary.get("status") == "running" and stored is not None
+            and _differing_result_key(stored, config) is None)
+
+
+def resume(run_dir, config: dict, summary: dict, step: int, extra_files: dict[str, str] | None = None
+           ) -> pd.DataFrame:
+    """An interrupted run continued from its checkpoint at `step`: metrics.csv cut back to its rows before `step` (a
+    killed run wrote rows past its newest checkpoint; the kept lines are not rewritten), the live views' files and
+    temporary files removed (the views are rebuilt from the kept rows), `extra_files` and a `running` summary
+    written. Returns the kept rows."""
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / "metrics.csv"
+    kept = read_metrics(run_dir) if path.exists() else pd.DataFrame(columns=list(METRIC_COLUMNS))
+    kept = kept[kept.step < step]
+    if path.exists():
+        write_atomic(path, "".join(path.read_text().splitlines(keepends=True)[:1 + len(kept)]))
+    _remove_views_and_temporaries(run_dir)
+    write_config(run_dir, config)
+    for name, text in (extra_files or {}).items():
+        write_atomic(run_dir / name, text)
+    write_summary(run_dir, summary)
+    return kept.reset_index(drop=True)
+
+
+def _remove_views_and_temporaries(run_dir: pathlib.Path) -> None:
+    for stale in (*run_dir.glob(".*.tmp"), *run_dir.glob("events.out.tfevents.*")):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "wandb", ignore_errors=True)
 
 
 def _cell_key(config: dict) -> dict:

@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from warmup import build, catapult, curvature, events, loop, records, schedules
+from warmup import build, catapult, checkpoints, curvature, events, loop, records, schedules
 from warmup.config import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,28 @@ class Record:
     finished with the final evaluation and the status. `start` is the run's clock (its `wall_time_s`)."""
 
     def __init__(self, run_dir, spec: build.RunSpec, p: Prepared, plan_: Plan, start: float,
-                 extra_files: dict[str, str] | None = None, **extra):
+                 extra_files: dict[str, str] | None = None, resume_step: int | None = None, **extra):
+        """`resume_step`: continue an interrupted record from its checkpoint at that step (`records.resume`)."""
         self.run_dir, self.spec, self.built, self.start = pathlib.Path(run_dir), spec, p.built, start
         b = p.built
         self.summary = dict(
             status="running", lambda0=p.lambda0, lr_trgt=plan_.lr_trgt, lr_trgt_scale=spec.lr_trgt_scale,
-            warmup_steps=spec.warmup_steps, steps_completed=0, diverged_step=None,
+            warmup_steps=spec.warmup_steps, steps_completed=resume_step or 0, diverged_step=None,
             num_params=int(sum(x.size for x in jax.tree.leaves(b.params))),
             measure_examples=int(b.arrays.x_measure.shape[0]), **plan_.search, **extra)
         self.chunks: list[pd.DataFrame] = []
         self.columns: list[str] = []  # metrics.csv's header, fixed by the first chunk
-        records.start(self.run_dir, spec.config, self.summary, extra_files)
+        if resume_step is None:
+            records.start(self.run_dir, spec.config, self.summary, extra_files)
+        else:
+            kept = records.resume(self.run_dir, spec.config, self.summary, resume_step, extra_files)
+            # as the device wrote them: float32, so the final summary equals an uninterrupted run's
+            self.chunks.append(kept.astype({c: np.float32 for c in kept.columns if c != "step"}))
+            self.columns = list(kept.columns)
         self.views = events.writers(self.run_dir, spec)
+        for view in self.views:
+            if self.chunks and len(self.chunks[0]):
+                view.write({c: self.chunks[0][c].to_numpy() for c in self.columns})
 
     def metrics(self) -> pd.DataFrame:
         return pd.concat(self.chunks, ignore_index=True)
@@ -124,7 +134,8 @@ class Record:
         if not self.columns:
             self.columns = records.metric_columns(self.chunks[0])
         records.append_metrics(self.run_dir, self.chunks[-1], self.columns)
-        records.write_summary(self.run_dir, {**self.summary, "steps_completed": steps_completed})
+        self.summary["steps_completed"] = steps_completed
+        records.write_summary(self.run_dir, self.summary)
 
     def update(self, **fields) -> None:
         self.summary.update(fields)
@@ -158,6 +169,7 @@ class Record:
         if self.spec.perplexity:
             summary["final_test_perplexity"] = _finite_or_none(math.exp(min(test_loss, 700.0)))
         records.write_summary(self.run_dir, summary)
+        checkpoints.remove(self.run_dir)
         log.info(f"{self.run_dir}: {outcome} after {steps_completed} steps, λ₀ᴴ = {summary['lambda0']:.4g}, "
                  f"η_trgt = {summary['lr_trgt']:.4g}, final train loss {train_loss:.4g}, test acc {test_acc:.4f}")
         return summary
@@ -179,6 +191,31 @@ def finished_or_skipped(spec: build.RunSpec, run_dir: pathlib.Path) -> dict | No
     return None
 
 
+def resume_point(run_dir, spec: build.RunSpec, fresh: loop.LoopState) -> loop.LoopState | None:
+    """The state to continue from: the newest checkpoint of an interrupted record of this config in `run_dir`, shaped
+    like `fresh`; None to start afresh (and any other checkpoints there are removed). A persistent-catapult warmup
+    (its own host-driven phase) always starts afresh."""
+    if spec.init != "persistent" and records.interrupted_with(run_dir, spec.config):
+        if (state := checkpoints.restore(run_dir, fresh)) is not None:
+            return state
+    checkpoints.remove(run_dir)
+    return None
+
+
+def checkpoint_if_due(run_dir, spec: build.RunSpec, state: loop.LoopState, before: int) -> None:
+    """After a chunk that took the run from step `before` to `state.step`: a checkpoint when it crossed a multiple of
+    `train.checkpoint_every`, or when SIGTERM has arrived (then `Preempted`); none once the run is over."""
+    if loop.finished(state, spec.steps):
+        return
+    if checkpoints.sigterm_arrived():
+        checkpoints.save(run_dir, state)
+        stop = checkpoints.Preempted(run_dir, int(state.step))
+        log.warning(str(stop))
+        raise stop
+    if checkpoints.due(before, int(state.step), spec.checkpoint_every):
+        checkpoints.save(run_dir, state)
+
+
 def progress_bar(spec: build.RunSpec) -> tqdm:
     return tqdm(total=spec.steps, unit="step", disable=None if spec.progress else True, dynamic_ncols=True,
                 leave=False)
@@ -194,11 +231,16 @@ def execute(cfg: DictConfig, run_dir, extra_files: dict[str, str] | None = None)
         return summary
     p = prepare(cfg, spec)
     plan_ = plan(p, spec)
-    record = Record(run_dir, spec, p, plan_, start, extra_files)
     b = p.built
     state = loop.init_state(b.params, b.tx.init(b.params), b.key, p.eig0.vector)
+    if (resumed := resume_point(run_dir, spec, state)) is not None:
+        log.info(f"{run_dir}: resumed from its checkpoint at step {int(resumed.step)}")
+        state = resumed
+    record = Record(run_dir, spec, p, plan_, start, extra_files,
+                    resume_step=None if resumed is None else int(resumed.step))
     loss_bound = spec.divergence_factor * p.first_loss
     bar = progress_bar(spec)
+    bar.update(int(state.step))
 
     def append(state, rows):
         bar.update(len(rows["step"]))
@@ -210,8 +252,12 @@ def execute(cfg: DictConfig, run_dir, extra_files: dict[str, str] | None = None)
     if spec.init == "persistent":
         state, sched, found = catapult.persistent_warmup(b, spec, state, plan_.lr_trgt, loss_bound, append)
         record.update(**found)
-    for state, rows in loop.run(b.chunk_fn(), state, sched, b.arrays, loss_bound=loss_bound, total_steps=spec.steps):
-        append(state, rows)
+    with checkpoints.stop_on_sigterm():
+        for state, rows in loop.run(b.chunk_fn(), state, sched, b.arrays, loss_bound=loss_bound,
+                                    total_steps=spec.steps):
+            before = record.summary["steps_completed"]
+            append(state, rows)
+            checkpoint_if_due(run_dir, spec, state, before)
     bar.close()
     return record.finish(state.params, frozen=bool(state.frozen), steps_completed=int(state.step),
                          diverged_step=int(state.diverged_step), evaluate=b.evaluate_fn(spec.eval_batch))
