@@ -1,5 +1,6 @@
 """Mid-run checkpoints: a run killed (SIGKILL) or preempted (SIGTERM) at a random chunk and relaunched finishes with
 a metrics.csv byte-identical to an uninterrupted run's."""
+import json
 import os
 import pathlib
 import random
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from warmup import checkpoints, loop, records
+from warmup import checkpoints, loop, records, sweep
 from warmup.run import execute
 from conftest import CLI_ENV, TINY, compose_config
 
@@ -27,29 +28,41 @@ CASES = {
                                  "data.augment.flip=true", "data.augment.crop=2", "data.augment.mixup_alpha=1.0",
                                  "sharpness.every=4"),
 }
+# a batched group: three η_trgt, the largest diverging within the first chunks, the others resumed together
+GROUP = [("schedule.lr_trgt=0.3",), ("schedule.lr_trgt=0.6", "schedule.warmup_steps=8"), ("schedule.lr_trgt=3.0",)]
 CHILD = """
-import pathlib, sys
+import json, pathlib, sys
 import jax
 jax.config.update("jax_threefry_partitionable", False)  # as conftest.py: the records must match this process's
 sys.path.insert(0, sys.argv[1])
 import conftest
+from warmup import sweep
 from warmup.run import execute
-execute(conftest.compose_config(sys.argv[3:]), pathlib.Path(sys.argv[2]))
+cells = json.loads(sys.argv[3])
+if len(cells) == 1:
+    execute(conftest.compose_config(cells[0]), pathlib.Path(sys.argv[2]))
+else:
+    sweep.run_batched([conftest.compose_config(c) for c in cells],
+                      [pathlib.Path(sys.argv[2]) / f"cell{i}" for i in range(len(cells))], cell_axis=sys.argv[4])
 """
 
 
-def interrupted(overrides, run_dir, signal_name: str, step: int) -> subprocess.CompletedProcess:
-    """Run the config in a child process that signals itself after the chunk reaching `step`."""
+def interrupted(overrides, run_dir, signal_name: str, step: int, cells=None, cell_axis="vmap"
+                ) -> subprocess.CompletedProcess:
+    """Run the config (or the batched group of `cells`, overrides each) in a child process that signals itself
+    after the chunk reaching `step`."""
     env = {**CLI_ENV, f"WARMUP_TEST_{signal_name}_AT": str(step),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOK), CLI_ENV.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-c", CHILD, str(pathlib.Path(__file__).parent), str(run_dir), *overrides],
+    return subprocess.run([sys.executable, "-c", CHILD, str(pathlib.Path(__file__).parent), str(run_dir),
+                           json.dumps(cells or [overrides]), cell_axis],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
-def assert_same_record(resumed_dir, reference_dir):
+def assert_same_record(resumed_dir, reference_dir, not_compared=("wall_time_s",)):
     assert (resumed_dir / "metrics.csv").read_bytes() == (reference_dir / "metrics.csv").read_bytes()
     ours, theirs = records.read_summary(resumed_dir), records.read_summary(reference_dir)
-    ours.pop("wall_time_s"), theirs.pop("wall_time_s")
+    for key in not_compared:
+        ours.pop(key), theirs.pop(key)
     assert ours == theirs
     assert not (resumed_dir / checkpoints.FOLDER).exists()  # a finished run keeps its record, not its checkpoints
 
@@ -108,3 +121,19 @@ def test_a_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path):
     execute(compose_config(other), tmp_path / "run")  # trained from step 0 under the new config
     execute(compose_config(other), tmp_path / "fresh")
     assert_same_record(tmp_path / "run", tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("cell_axis", ["vmap", "map"])
+def test_a_batched_group_killed_mid_way_resumes_to_identical_records(data_root, tmp_path, cell_axis):
+    base = [*TINY, f"data.root={data_root}", *RESUMABLE, "sharpness.every=4"]
+    cells = [[*base, *cell] for cell in GROUP]
+    cfgs = [compose_config(c) for c in cells]
+    reference = sweep.run_batched(cfgs, [tmp_path / "uninterrupted" / f"cell{i}" for i in range(3)], cell_axis)
+    assert [r["status"] for r in reference] == ["converged", "converged", "diverged"]
+    child = interrupted(None, tmp_path / "run", "KILL", 12, cells=cells, cell_axis=cell_axis)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert [checkpoints.steps(tmp_path / "run" / f"cell{i}") for i in range(2)] == [[8], [8]]
+    sweep.run_batched(cfgs, [tmp_path / "run" / f"cell{i}" for i in range(3)], cell_axis)
+    for i in range(3):  # the diverged cell finished before the kill; the other two resumed as a group of 2
+        assert_same_record(tmp_path / "run" / f"cell{i}", tmp_path / "uninterrupted" / f"cell{i}",
+                           not_compared=("wall_time_s", "batched_cells"))

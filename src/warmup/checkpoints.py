@@ -15,6 +15,7 @@ after the current chunk once SIGTERM (SLURM's preemption signal) has arrived —
 checkpoints are removed: its record is the result.
 """
 import contextlib
+import logging
 import pathlib
 import shutil
 import signal
@@ -24,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 KEEP = 2
+log = logging.getLogger(__name__)
 FOLDER = "checkpoints"
 _sigterm = threading.Event()
 
@@ -32,12 +34,12 @@ class Preempted(SystemExit):
     """SIGTERM arrived; the run's checkpoint is written and it stops (exit status 143, as a process killed by
     SIGTERM). Not an `Exception`, so no runner records it as an error: the record stays `running`."""
 
-    def __init__(self, run_dir, step: int):
+    def __init__(self, where, step: int):
         super().__init__(143)
-        self.run_dir, self.step = run_dir, step
+        self.where, self.step = where, step
 
     def __str__(self) -> str:
-        return f"{self.run_dir}: SIGTERM, checkpoint at step {self.step} written; relaunch to resume"
+        return f"{self.where}: SIGTERM, checkpoint at step {self.step} written; relaunch to resume"
 
 
 def _manager(run_dir) -> ocp.CheckpointManager:
@@ -94,3 +96,11 @@ def stop_on_sigterm():
 
 def sigterm_arrived() -> bool:
     return _sigterm.is_set()
+
+
+def stop_if_sigterm(where, step: int) -> None:
+    """`Preempted` (logged) if SIGTERM has arrived: call it once the chunk's checkpoints are written."""
+    if sigterm_arrived():
+        stop = Preempted(where, step)
+        log.warning(str(stop))
+        raise stop

@@ -191,28 +191,25 @@ def finished_or_skipped(spec: build.RunSpec, run_dir: pathlib.Path) -> dict | No
     return None
 
 
-def resume_point(run_dir, spec: build.RunSpec, fresh: loop.LoopState) -> loop.LoopState | None:
-    """The state to continue from: the newest checkpoint of an interrupted record of this config in `run_dir`, shaped
-    like `fresh`; None to start afresh (and any other checkpoints there are removed). A persistent-catapult warmup
-    (its own host-driven phase) always starts afresh."""
-    if spec.init != "persistent" and records.interrupted_with(run_dir, spec.config):
-        if (state := checkpoints.restore(run_dir, fresh)) is not None:
-            return state
-    checkpoints.remove(run_dir)
+def resume_points(run_dirs, specs, fresh: list[loop.LoopState]) -> list[loop.LoopState] | None:
+    """The states to continue from: each run's checkpoint at the newest step that all of them have (a batched group
+    advances in lockstep; a single run: its newest), shaped like its `fresh` state, if every run is an interrupted
+    record of its config; None to start afresh (their checkpoints are removed). A persistent-catapult warmup (its own
+    host-driven phase) always starts afresh."""
+    saved = [set(checkpoints.steps(d)) if spec.init != "persistent" and records.interrupted_with(d, spec.config)
+             else set() for d, spec in zip(run_dirs, specs)]
+    if common := set.intersection(*saved):
+        return [checkpoints.restore(d, f, max(common)) for d, f in zip(run_dirs, fresh)]
+    for d in run_dirs:
+        checkpoints.remove(d)
     return None
 
 
 def checkpoint_if_due(run_dir, spec: build.RunSpec, state: loop.LoopState, before: int) -> None:
     """After a chunk that took the run from step `before` to `state.step`: a checkpoint when it crossed a multiple of
-    `train.checkpoint_every`, or when SIGTERM has arrived (then `Preempted`); none once the run is over."""
-    if loop.finished(state, spec.steps):
-        return
-    if checkpoints.sigterm_arrived():
-        checkpoints.save(run_dir, state)
-        stop = checkpoints.Preempted(run_dir, int(state.step))
-        log.warning(str(stop))
-        raise stop
-    if checkpoints.due(before, int(state.step), spec.checkpoint_every):
+    `train.checkpoint_every` or SIGTERM has arrived; none once the run is over."""
+    if not loop.finished(state, spec.steps) and (
+            checkpoints.sigterm_arrived() or checkpoints.due(before, int(state.step), spec.checkpoint_every)):
         checkpoints.save(run_dir, state)
 
 
@@ -233,11 +230,10 @@ def execute(cfg: DictConfig, run_dir, extra_files: dict[str, str] | None = None)
     plan_ = plan(p, spec)
     b = p.built
     state = loop.init_state(b.params, b.tx.init(b.params), b.key, p.eig0.vector)
-    if (resumed := resume_point(run_dir, spec, state)) is not None:
-        log.info(f"{run_dir}: resumed from its checkpoint at step {int(resumed.step)}")
-        state = resumed
-    record = Record(run_dir, spec, p, plan_, start, extra_files,
-                    resume_step=None if resumed is None else int(resumed.step))
+    if (resumed := resume_points([run_dir], [spec], [state])) is not None:
+        state = resumed[0]
+        log.info(f"{run_dir}: resumed from its checkpoint at step {int(state.step)}")
+    record = Record(run_dir, spec, p, plan_, start, extra_files, resume_step=resumed and int(state.step))
     loss_bound = spec.divergence_factor * p.first_loss
     bar = progress_bar(spec)
     bar.update(int(state.step))
@@ -258,6 +254,7 @@ def execute(cfg: DictConfig, run_dir, extra_files: dict[str, str] | None = None)
             before = record.summary["steps_completed"]
             append(state, rows)
             checkpoint_if_due(run_dir, spec, state, before)
+            checkpoints.stop_if_sigterm(run_dir, int(state.step))
     bar.close()
     return record.finish(state.params, frozen=bool(state.frozen), steps_completed=int(state.step),
                          diverged_step=int(state.diverged_step), evaluate=b.evaluate_fn(spec.eval_batch))

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from warmup import build, curvature, loop, records, run
+from warmup import build, checkpoints, curvature, loop, records, run
 from warmup.config import NOT_A_RESULT, ConfigError, flat, validate
 
 # Config keys a batch may vary: they reach the program as traced arrays or only plan it on the host (η_c search).
@@ -128,7 +128,7 @@ def run_batched(cfgs: Sequence[DictConfig], run_dirs: Sequence[pathlib.Path], ce
         else:
             log.info(f"{d}: already finished ({summaries[i]['status']}), skipped")
     if todo:
-        for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo],
+        for i, summary in zip(todo, _train([cfgs[i] for i in todo], [run_dirs[i] for i in todo], len(cfgs),
                                                  _resolve_cell_axis(cell_axis, cfgs[0]))):
             summaries[i] = summary
     return summaries
@@ -234,43 +234,61 @@ def _program(chunk_fn, array_axes: loop.Arrays, cell_axis: str):
     return jax.jit(mapped)
 
 
-def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path], cell_axis: str) -> list[dict]:
+def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path], group_size: int, cell_axis: str) -> list[dict]:
+    """Train the unfinished cells of a group of `group_size`. Resumed from checkpoints, the group's finished
+    (diverged) cells ride along as frozen lanes: a vmapped program of another width rounds differently, and the
+    resumed records must equal an uninterrupted run's."""
     start = time.perf_counter()
     for cfg in cfgs:
         validate(cfg)
     specs, cells, plans = _prepare(cfgs)
     n, b0, steps = len(cfgs), cells[0].built, specs[0].steps
-    # a half-finished earlier attempt is redone from scratch (Record removes its metrics.csv)
-    recs = [run.Record(d, spec, cell, plan, start, batched_cells=n)
+    fresh = [loop.init_state(c.built.params, c.built.tx.init(c.built.params), c.built.key, c.eig0.vector)
+             for c in cells]
+    # an interrupted group resumes from its cells' newest common checkpoint, else it starts afresh
+    resumed = run.resume_points(run_dirs, specs, fresh)
+    resume_step = resumed and int(resumed[0].step)
+    if resumed:
+        log.info(f"{n} cells resumed from their checkpoints at step {resume_step}")
+    recs = [run.Record(d, spec, cell, plan, start, resume_step=resume_step, batched_cells=n)
             for d, spec, cell, plan in zip(run_dirs, specs, cells, plans)]
-    arrays, array_axes = _stacked_arrays(cells)
-    state = _stack([loop.init_state(c.built.params, c.built.tx.init(c.built.params), c.built.key, c.eig0.vector)
-                    for c in cells])
-    sched = _stack([p.schedule for p in plans])
-    loss_bound = jnp.asarray([s.divergence_factor * c.first_loss for s, c in zip(specs, cells)], jnp.float32)
+    riders = group_size - n if resumed else 0
+    lanes = list(range(n)) + [0] * riders  # the cell each lane holds; riders copy cell 0, frozen
+    states = resumed + [resumed[0]._replace(frozen=np.array(True))] * riders if resumed else fresh
+    arrays, array_axes = _stacked_arrays([cells[i] for i in lanes])
+    state = _stack(states)
+    sched = _stack([plans[i].schedule for i in lanes])
+    loss_bound = jnp.asarray([specs[i].divergence_factor * cells[i].first_loss for i in lanes], jnp.float32)
     if cell_axis == "vmap":
-        state, sched, loss_bound, arrays = _place(n, (state, sched, loss_bound), arrays, array_axes)
+        state, sched, loss_bound, arrays = _place(len(lanes), (state, sched, loss_bound), arrays, array_axes)
     chunk = _program(b0.chunk_fn, array_axes, cell_axis)
     evaluate = b0.evaluate_fn(specs[0].eval_batch)
     bar = run.progress_bar(specs[0])
+    bar.update(resume_step or 0)
     summaries: list[dict | None] = [None] * n
     open_cells = set(range(n))
-    while open_cells:
-        # vmap re-traces the measurement outside the loop's own float64 context: trace the batch in the
-        # measurement's precision mode (training arrays keep their float32 dtypes; records equal sequential runs)
-        with curvature.precision(b0.loop_cfg.sharpness_dtype):
-            state, metrics = chunk(state, sched, arrays, loss_bound, jnp.int32(steps))
-        metrics = jax.device_get(metrics)
-        valid = metrics.pop("valid")
-        frozen, step = np.asarray(state.frozen), np.asarray(state.step)
-        bar.update(int(valid.any(axis=0).sum()))
-        bar.set_postfix(running=int((~frozen & (step < steps)).sum()), diverged=int(frozen.sum()))
-        for i in sorted(open_cells):
-            recs[i].append({name: np.asarray(values[i])[valid[i]] for name, values in metrics.items()}, int(step[i]))
-            if frozen[i] or step[i] >= steps:
-                open_cells.discard(i)
-                summaries[i] = recs[i].finish(_cell(state.params, i), frozen=bool(frozen[i]),
-                                              steps_completed=int(step[i]), diverged_step=int(state.diverged_step[i]),
-                                              evaluate=evaluate)
+    with checkpoints.stop_on_sigterm():
+        while open_cells:
+            # vmap re-traces the measurement outside the loop's own float64 context: trace the batch in the
+            # measurement's precision mode (training arrays keep their float32 dtypes; records equal sequential runs)
+            with curvature.precision(b0.loop_cfg.sharpness_dtype):
+                state, metrics = chunk(state, sched, arrays, loss_bound, jnp.int32(steps))
+            metrics = jax.device_get(metrics)
+            valid = metrics.pop("valid")
+            frozen, step = np.asarray(state.frozen), np.asarray(state.step)
+            bar.update(int(valid.any(axis=0).sum()))
+            bar.set_postfix(running=int((~frozen & (step < steps)).sum()), diverged=int(frozen.sum()))
+            for i in sorted(open_cells):
+                before = recs[i].summary["steps_completed"]
+                recs[i].append({name: np.asarray(values[i])[valid[i]] for name, values in metrics.items()},
+                               int(step[i]))
+                if frozen[i] or step[i] >= steps:
+                    open_cells.discard(i)
+                    summaries[i] = recs[i].finish(_cell(state.params, i), frozen=bool(frozen[i]),
+                                                  steps_completed=int(step[i]),
+                                                  diverged_step=int(state.diverged_step[i]), evaluate=evaluate)
+                else:
+                    run.checkpoint_if_due(run_dirs[i], specs[i], _cell(state, i), before)
+            checkpoints.stop_if_sigterm(run_dirs[0].parent, int(step.max()))
     bar.close()
     return summaries
