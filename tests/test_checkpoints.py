@@ -28,6 +28,7 @@ CASES = {
                                  "data.augment.flip=true", "data.augment.crop=2", "data.augment.mixup_alpha=1.0",
                                  "sharpness.every=4"),
 }
+SLOW = pytest.mark.slow  # each such case takes ~25 s on 2 cores: the fast suite keeps one of each kind
 # a batched group: three η_trgt, the largest diverging within the first chunks, the others resumed together
 GROUP = [("schedule.lr_trgt=0.3",), ("schedule.lr_trgt=0.6", "schedule.warmup_steps=8"), ("schedule.lr_trgt=3.0",)]
 CHILD = """
@@ -67,7 +68,7 @@ def assert_same_record(resumed_dir, reference_dir, not_compared=("wall_time_s",)
     assert not (resumed_dir / checkpoints.FOLDER).exists()  # a finished run keeps its record, not its checkpoints
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=SLOW if c != "gd_tracking" else ()) for c in CASES])
 def test_a_run_killed_at_a_random_chunk_resumes_to_identical_records(data_root, tmp_path, case):
     overrides = [*TINY, f"data.root={data_root}", *RESUMABLE, *CASES[case]]
     cfg = compose_config(overrides)
@@ -123,7 +124,7 @@ def test_a_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path):
     assert_same_record(tmp_path / "run", tmp_path / "fresh")
 
 
-@pytest.mark.parametrize("cell_axis", ["vmap", "map"])
+@pytest.mark.parametrize("cell_axis", ["vmap", pytest.param("map", marks=SLOW)])
 def test_a_batched_group_killed_mid_way_resumes_to_identical_records(data_root, tmp_path, cell_axis):
     base = [*TINY, f"data.root={data_root}", *RESUMABLE, "sharpness.every=4"]
     cells = [[*base, *cell] for cell in GROUP]
@@ -137,3 +138,21 @@ def test_a_batched_group_killed_mid_way_resumes_to_identical_records(data_root, 
     for i in range(3):  # the diverged cell finished before the kill; the other two resumed as a group of 2
         assert_same_record(tmp_path / "run" / f"cell{i}", tmp_path / "uninterrupted" / f"cell{i}",
                            not_compared=("wall_time_s", "batched_cells"))
+
+
+def test_a_time_limit_signal_is_handed_on_to_the_handler_it_displaced_after_the_checkpoint():
+    """Under submitit, SIGUSR2 (SLURM's time-limit warning) is submitit's cue to requeue the job: the run marks it,
+    and once its checkpoint is written calls submitit's handler, then stops; the handler is back afterwards."""
+    calls = []
+    requeue = lambda signum, frame: calls.append(signum)
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with checkpoints.stop_on_preemption():
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert checkpoints.preempted() and calls == []  # marked only: the chunk goes on to its end
+            with pytest.raises(checkpoints.Preempted, match="run0: SIGUSR2, checkpoint at step 12 written") as stop:
+                checkpoints.stop_if_preempted("run0", 12)
+        assert calls == [signal.SIGUSR2] and stop.value.code == 143
+        assert signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -10,8 +10,9 @@ same compiled chunks continue the run bit for bit; the metrics so far are metric
 during a save leaves the previous checkpoint as the newest.
 
 Checkpoints are taken at chunk boundaries: after the chunk that crosses a multiple of `train.checkpoint_every`, and
-after the current chunk once SIGTERM (SLURM's preemption signal) has arrived — then the run stops with
-`Preempted` (exit status 143, the record still `running`), and a relaunch resumes it. A finished run's
+after the current chunk once SIGTERM (SLURM's preemption) or SIGUSR2 (its time-limit warning under submitit) has
+arrived — then the run stops with `Preempted` (exit status 143, the record still `running`), after handing the
+signal on to submitit where it runs under it (submitit requeues the job), and a relaunch resumes it. A finished run's
 checkpoints are removed: its record is the result.
 """
 import contextlib
@@ -27,19 +28,20 @@ import orbax.checkpoint as ocp
 KEEP = 2
 log = logging.getLogger(__name__)
 FOLDER = "checkpoints"
-_sigterm = threading.Event()
+_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_arrived: dict = {}  # signal number -> the handler it displaced, for the signals that arrived
 
 
 class Preempted(SystemExit):
-    """SIGTERM arrived; the run's checkpoint is written and it stops (exit status 143, as a process killed by
-    SIGTERM). Not an `Exception`, so no runner records it as an error: the record stays `running`."""
+    """SIGTERM or SIGUSR2 arrived; the run's checkpoint is written and it stops (exit status 143, as a process killed
+    by SIGTERM). Not an `Exception`, so no runner records it as an error: the record stays `running`."""
 
-    def __init__(self, where, step: int):
+    def __init__(self, where, step: int, signal_name: str = "SIGTERM"):
         super().__init__(143)
-        self.where, self.step = where, step
+        self.where, self.step, self.signal_name = where, step, signal_name
 
     def __str__(self) -> str:
-        return f"{self.where}: SIGTERM, checkpoint at step {self.step} written; relaunch to resume"
+        return f"{self.where}: {self.signal_name}, checkpoint at step {self.step} written; relaunch to resume"
 
 
 def _manager(run_dir) -> ocp.CheckpointManager:
@@ -80,27 +82,36 @@ def due(before: int, after: int, every: int) -> bool:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm():
-    """While inside, SIGTERM only sets a flag (`sigterm_arrived`) for the loop to checkpoint and stop at the end of
-    the chunk; the previous handler is put back afterwards. Outside the main thread: nothing is installed."""
+def stop_on_preemption():
+    """While inside, SIGTERM (SLURM's preemption) and SIGUSR2 (what SLURM sends `signal_delay_s` before a job's time
+    limit under submitit) only mark the run to checkpoint and stop at the end of its chunk (`stop_if_preempted`);
+    the previous handlers are put back afterwards. Outside the main thread: nothing is installed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _sigterm.clear()
-    previous = signal.signal(signal.SIGTERM, lambda *_: _sigterm.set())
+    _arrived.clear()
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, lambda signum, frame: _arrived.setdefault(signum, previous[signum]))
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def sigterm_arrived() -> bool:
-    return _sigterm.is_set()
+def preempted() -> bool:
+    return bool(_arrived)
 
 
-def stop_if_sigterm(where, step: int) -> None:
-    """`Preempted` (logged) if SIGTERM has arrived: call it once the chunk's checkpoints are written."""
-    if sigterm_arrived():
-        stop = Preempted(where, step)
-        log.warning(str(stop))
-        raise stop
+def stop_if_preempted(where, step: int) -> None:
+    """Once the chunk's checkpoints are written: if a signal arrived, hand it to the handler it displaced (submitit's
+    requeues the job) and stop with `Preempted` (logged)."""
+    if not _arrived:
+        return
+    signum, displaced = next(iter(_arrived.items()))
+    stop = Preempted(where, step, signal.Signals(signum).name)
+    log.warning(str(stop))
+    if callable(displaced):
+        displaced(signum, None)
+    raise stop

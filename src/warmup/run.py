@@ -207,9 +207,9 @@ def resume_points(run_dirs, specs, fresh: list[loop.LoopState]) -> list[loop.Loo
 
 def checkpoint_if_due(run_dir, spec: build.RunSpec, state: loop.LoopState, before: int) -> None:
     """After a chunk that took the run from step `before` to `state.step`: a checkpoint when it crossed a multiple of
-    `train.checkpoint_every` or SIGTERM has arrived; none once the run is over."""
+    `train.checkpoint_every` or a preemption signal has arrived; none once the run is over."""
     if not loop.finished(state, spec.steps) and (
-            checkpoints.sigterm_arrived() or checkpoints.due(before, int(state.step), spec.checkpoint_every)):
+            checkpoints.preempted() or checkpoints.due(before, int(state.step), spec.checkpoint_every)):
         checkpoints.save(run_dir, state)
 
 
@@ -248,13 +248,13 @@ def execute(cfg: DictConfig, run_dir, extra_files: dict[str, str] | None = None)
     if spec.init == "persistent":
         state, sched, found = catapult.persistent_warmup(b, spec, state, plan_.lr_trgt, loss_bound, append)
         record.update(**found)
-    with checkpoints.stop_on_sigterm():
+    with checkpoints.stop_on_preemption():
         for state, rows in loop.run(b.chunk_fn(), state, sched, b.arrays, loss_bound=loss_bound,
                                     total_steps=spec.steps):
             before = record.summary["steps_completed"]
             append(state, rows)
             checkpoint_if_due(run_dir, spec, state, before)
-            checkpoints.stop_if_sigterm(run_dir, int(state.step))
+            checkpoints.stop_if_preempted(run_dir, int(state.step))
     bar.close()
     return record.finish(state.params, frozen=bool(state.frozen), steps_completed=int(state.step),
                          diverged_step=int(state.diverged_step), evaluate=b.evaluate_fn(spec.eval_batch))

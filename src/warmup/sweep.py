@@ -267,7 +267,7 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path], group_size: int
     bar.update(resume_step or 0)
     summaries: list[dict | None] = [None] * n
     open_cells = set(range(n))
-    with checkpoints.stop_on_sigterm():
+    with checkpoints.stop_on_preemption():
         while open_cells:
             # vmap re-traces the measurement outside the loop's own float64 context: trace the batch in the
             # measurement's precision mode (training arrays keep their float32 dtypes; records equal sequential runs)
@@ -289,6 +289,6 @@ def _train(cfgs: list[DictConfig], run_dirs: list[pathlib.Path], group_size: int
                                                   diverged_step=int(state.diverged_step[i]), evaluate=evaluate)
                 else:
                     run.checkpoint_if_due(run_dirs[i], specs[i], _cell(state, i), before)
-            checkpoints.stop_if_sigterm(run_dirs[0].parent, int(step.max()))
+            checkpoints.stop_if_preempted(run_dirs[0].parent, int(step.max()))
     bar.close()
     return summaries
