@@ -14,7 +14,7 @@ import threading
 import time
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +38,33 @@ def cell_count(overrides: list[str], grid: dict | None) -> int | None:
     return total
 
 
-def tally(sweep_dir: pathlib.Path, since: float) -> dict:
-    """Statuses of the records below `sweep_dir`, and how many finished after `since` (a time.time())."""
+def tally(sweep_dir: pathlib.Path, steps: int | None = None) -> dict:
+    """Statuses of the records below `sweep_dir`, and the work done in cells: 1 per finished cell, the fraction of
+    its `steps` for a running one (a batched group's cells all finish at its end, so counting finished cells alone
+    would give no estimate until then)."""
     import json
 
-    counts = {"converged": 0, "diverged": 0, "failed": 0, "skipped": 0, "error": 0, "running": 0, "new": 0}
+    counts = {"converged": 0, "diverged": 0, "failed": 0, "skipped": 0, "error": 0, "running": 0, "work": 0.0}
     for path in sweep_dir.rglob("summary.json"):
         try:
-            status = json.loads(path.read_text()).get("status")
-            finished_at = path.stat().st_mtime
+            summary = json.loads(path.read_text())
         except (OSError, ValueError):  # replaced while read: counted on the next look
             continue
+        status = summary.get("status")
         counts[status] = counts.get(status, 0) + 1
-        counts["new"] += status != "running" and finished_at >= since
+        if status != "running":
+            counts["work"] += 1.0
+        elif steps:
+            counts["work"] += min(summary.get("steps_completed", 0) / steps, 1.0)
     return counts
 
 
-def line(counts: dict, total: int | None, elapsed: float) -> str:
+def line(counts: dict, total: int | None, elapsed: float, work_at_start: float = 0.0) -> str:
+    """The report; the ETA extrapolates the work done since launch (`counts["work"]` less `work_at_start`)."""
     done = sum(counts[s] for s in ("converged", "diverged", "failed", "skipped", "error"))
     eta = ""
-    if total is not None and counts["new"]:
-        remaining = max(total - done, 0)
-        eta = f", ETA {_clock(elapsed / counts['new'] * remaining)}"
+    if total is not None and counts["work"] > work_at_start:
+        eta = f", ETA {_clock(elapsed / (counts['work'] - work_at_start) * max(total - counts['work'], 0))}"
     of = f"/{total}" if total is not None else ""
     return (f"sweep: {done}{of} cells done ({counts['converged']} converged, {counts['diverged']} diverged, "
             f"{counts['failed']} failed, {counts['error']} errors), {counts['running']} running, "
@@ -85,12 +90,15 @@ class SweepProgress(Callback):
         self.stop = threading.Event()
         self.sweep_dir = pathlib.Path(config.hydra.sweep.dir)
         self.total = cell_count(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
-        self.start, self.started = time.time(), time.perf_counter()
+        self.steps = OmegaConf.select(config, "train.steps")
+        self.work_at_start = tally(self.sweep_dir, self.steps)["work"]  # a relaunch's finished cells are not its rate
+        self.started = time.perf_counter()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
     def _line(self) -> str:
-        return line(tally(self.sweep_dir, self.start), self.total, time.perf_counter() - self.started)
+        return line(tally(self.sweep_dir, self.steps), self.total, time.perf_counter() - self.started,
+                    self.work_at_start)
 
     def _report(self, text: str) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
