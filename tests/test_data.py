@@ -46,10 +46,10 @@ def cifar_batch(n, label_key, num_classes):
             label_key: list(RNG.integers(0, num_classes, n)), b"batch_label": b"test"}
 
 
-def write_cifar(folder, name, as_tar=False):
-    """Pickled batch dicts in the published layout; returns {file: batch}."""
+def write_cifar(folder, name, as_tar=False, n=3):
+    """Pickled batch dicts of `n` images each in the published layout; returns {file: batch}."""
     c = data._CIFAR[name]
-    batches = {f: cifar_batch(3, c.label_key, c.num_classes) for f in (*c.train, c.test)}
+    batches = {f: cifar_batch(n, c.label_key, c.num_classes) for f in (*c.train, c.test)}
     folder.mkdir(parents=True, exist_ok=True)
     if as_tar:
         with tarfile.open(folder / c.archive, "w:gz") as tar:
