@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import jax
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from warmup import build
 from warmup.catapult import (catapult_schedule, first_direction, persistent_catapult_warmup, search_eta_c,
                              t_reach, t_save)
 from warmup.optim import build_optimizer
@@ -261,3 +263,12 @@ def test_persistent_catapult_lr_never_decreases_when_eta_c_falls():
     assert [(e.start_step, e.recovery_step) for e in events] == [(t, t + 1) for t in range(5)]
     assert 2 / LAM <= events[0].lr <= (1 + math.sqrt(1.01)) / LAM
     np.testing.assert_array_equal(lrs, events[0].lr)
+
+
+def test_the_search_starts_at_lr_start_or_at_the_first_warmup_step():
+    """η₀ = schedule.search_lr_start (the paper's default 10⁻⁴), or with null η_trgt/T_wrm (its fair comparison with a
+    linear warmup, Fig. 5); never above η_trgt."""
+    search = build.Search(delta=0.1, lr_start=None, max_forward_passes=30, check_steps=0)
+    assert search.first_lr(0.8, 16) == 0.05
+    assert dataclasses.replace(search, lr_start=1e-4).first_lr(0.8, 16) == 1e-4
+    assert dataclasses.replace(search, lr_start=2.0).first_lr(0.8, 16) == 0.8

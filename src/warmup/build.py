@@ -20,9 +20,14 @@ from warmup.config import ConfigError
 class Search:
     """The η_c searches (paper Alg. 1–3): δ, the first η, the forward-pass budget, the catapult check's steps."""
     delta: float
-    lr_start: float
+    lr_start: float | None  # None: η_trgt/T_wrm (`first_lr`)
     max_forward_passes: int
     check_steps: int
+
+    def first_lr(self, lr_trgt: float, warmup_steps: int) -> float:
+        """η₀ of the exponential search: `lr_start`, or η_trgt/T_wrm — the first warmup step, the paper's choice
+        for comparing with a linear warmup; never above η_trgt."""
+        return min(self.lr_start if self.lr_start is not None else lr_trgt / warmup_steps, lr_trgt)
 
 
 @dataclasses.dataclass(frozen=True)

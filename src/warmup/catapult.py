@@ -60,6 +60,10 @@ def search_eta_c(loss_fn: Callable, params, direction, *, lr_start: float = 1e-4
     loss at η_upper exceeds L(θ₀)(1 + δ), probe the midpoint of [η_lower, η_upper]. The search stops early
     (returning what it has) rather than use more than `max_forward_passes` loss evaluations. A non-finite
     loss counts as a rise. Searches with the same `loss_fn` object share one compilation.
+
+    When the loss already rises at the first η, the authors' code returns that η; this search bisects
+    [η/2, η] like every other bracket (paper §5: η_lower = η_upper/2), so η_c always meets the same ≤ δ rule. With
+    η₀ = η_trgt/T_wrm the two differ by at most η₀/2, i.e. T_reach by at most half a step.
     """
     if max_forward_passes < 2:
         raise ValueError(f"max_forward_passes={max_forward_passes}: must be >= 2 (L(θ₀) and one probe)")
@@ -182,14 +186,14 @@ def persistent_catapult_warmup(step_fn: Callable, loss_fn: Callable, direction_f
 
 # ---- drivers for a built run ----------------------------------------------------------------------------------
 
-def search_catapult(b, lr_trgt: float, search) -> SearchResult:
+def search_catapult(b, lr_trgt: float, warmup_steps: int, search) -> SearchResult:
     """η_c (Alg. 1–2) of a built run `b` from the optimiser's real first step at θ₀, probed on the measurement batch
     (the training set for full-batch runs); η is capped at η_trgt, so `found=False` means η_trgt ≤ η_c. `search`:
     a `build.Search`."""
     measure_loss = b.measurement_loss()
     direction = first_direction(b.tx, jax.grad(measure_loss)(b.params), b.params)
-    return search_eta_c(measure_loss, b.params, direction, lr_start=min(search.lr_start, lr_trgt), lr_max=lr_trgt,
-                        delta=search.delta, max_forward_passes=search.max_forward_passes)
+    return search_eta_c(measure_loss, b.params, direction, lr_start=search.first_lr(lr_trgt, warmup_steps),
+                        lr_max=lr_trgt, delta=search.delta, max_forward_passes=search.max_forward_passes)
 
 
 class CatapultCheck(NamedTuple):
@@ -229,7 +233,7 @@ def check_catapult(b, eta_c: float, max_steps: int, divergence_factor: float) ->
 def plan_catapult(b, run, lr_trgt: float, linear: ScheduleParams) -> tuple[ScheduleParams, dict]:
     """`schedule.init=catapult`: the η_c search (and its check), then the catapult schedule — or `linear` when the
     check finds no catapult — and the summary fields of the search. `run`: a `build.RunSpec`."""
-    found = search_catapult(b, lr_trgt, run.search)
+    found = search_catapult(b, lr_trgt, run.warmup_steps, run.search)
     search = dict(eta_c=found.eta_c, eta_c_found=found.found, search_forward_passes=found.forward_passes)
     if found.found and run.search.check_steps > 0:
         check = check_catapult(b, found.eta_c, run.search.check_steps, run.divergence_factor)
@@ -267,8 +271,8 @@ def persistent_warmup(b, run, state: loop.LoopState, lr_trgt: float, loss_bound:
 
     state, _, events, reached = persistent_catapult_warmup(
         step_fn, measure_loss, lambda st: direction(st.params, st.opt_state), state, params_of=lambda st: st.params,
-        lr_trgt=lr_trgt, delta=run.search.delta, lr_start=min(run.search.lr_start, lr_trgt), max_steps=run.steps,
-        max_forward_passes=run.search.max_forward_passes)
+        lr_trgt=lr_trgt, delta=run.search.delta, lr_start=run.search.first_lr(lr_trgt, run.warmup_steps),
+        max_steps=run.steps, max_forward_passes=run.search.max_forward_passes)
     steps_taken = int(state.step)
     after = schedule_params(lr_trgt=lr_trgt, warmup_steps=max(steps_taken, 1), lr_init=lr_trgt, **run.decay)
     found = dict(t_reach=steps_taken if reached else None,

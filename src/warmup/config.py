@@ -154,7 +154,8 @@ def _validate_schedule(cfg: DictConfig) -> None:
     _boolean(cfg, "schedule.decay")
     _choice(cfg, "schedule.init", SCHEDULE_INITS)
     _number(cfg, "schedule.search_delta", 0, above=True)
-    _number(cfg, "schedule.search_lr_start", 0, above=True)
+    if cfg.schedule.search_lr_start is not None:  # null: η_trgt/T_wrm
+        _number(cfg, "schedule.search_lr_start", 0, above=True)
     _integer(cfg, "schedule.search_max_forward_passes", 2)
     _integer(cfg, "schedule.search_check_steps", 0, " (0 = no check)")
 
