@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from warmup import optim
 from warmup.models import MODELS, adam_lr_multipliers, build_model, layer_kinds
-from warmup.models.parameterization import Conv, Dense, forward_multiplier
+from warmup.models.parameterization import Conv, Dense, fans, forward_multiplier
 
 # Truncated at ±2 std and rescaled to the target variance, samples never exceed 2/0.8796 std.
 TRUNCATED_MAX_STD = 2 / 0.87962566103423978
@@ -89,19 +90,28 @@ COORDINATE_SEEDS = 4
 
 
 @functools.cache
-def coordinate_changes(param, width, lr=1.0):
-    """Per-coordinate size (RMS over examples and units) of each layer's output change after one SGD step on MSE,
-    and of the output before it, averaged over `COORDINATE_SEEDS` initialisations: arrays (layers,)."""
+def coordinate_fcn(param, width):
+    """FCN-4 of `width`: its initial parameters from a key, MSE gradient on (X, Y) and per-layer outputs, all jitted
+    and built once per width (eager ops would compile once per shape, most of these tests' time)."""
     model = build_model("fcn", param=param, num_classes=10, width=width, depth=4)
+    init = jax.jit(lambda key: model.init(key, X)["params"])
     grad = jax.jit(jax.grad(lambda p: 0.5 * jnp.mean((model.apply({"params": p}, X) - Y) ** 2)))
 
     def outputs(params):
         _, state = model.apply({"params": params}, X, capture_intermediates=True)
         return [state["intermediates"][name]["__call__"][0] for name in COORDINATE_LAYERS]
 
+    return init, grad, jax.jit(outputs)
+
+
+@functools.cache
+def coordinate_changes(param, width, lr=1.0):
+    """Per-coordinate size (RMS over examples and units) of each layer's output change after one SGD step on MSE,
+    and of the output before it, averaged over `COORDINATE_SEEDS` initialisations: arrays (layers,)."""
+    init, grad, outputs = coordinate_fcn(param, width)
     changes, sizes = [], []
     for seed in range(COORDINATE_SEEDS):
-        params = model.init(jax.random.key(seed), X)["params"]
+        params = init(jax.random.key(seed))
         before = outputs(params)
         after = outputs(jax.tree.map(lambda p, g: p - lr * g, params, grad(params)))
         changes.append([rms(b - a) for a, b in zip(before, after)])
@@ -113,10 +123,14 @@ def rms(a):
     return float(jnp.sqrt(jnp.mean(a**2)))
 
 
+def log_log_slopes(values):
+    """Least-squares slope of log(value) against log(width), one per layer: `values` (widths, layers)."""
+    return np.polyfit(np.log(COORDINATE_WIDTHS), np.log(np.asarray(values)), 1)[0]
+
+
 def width_slopes(param, which):
-    """Least-squares slope of log(size) against log(width), one per layer (`which`: 0 change, 1 size at init)."""
-    values = np.array([coordinate_changes(param, n)[which] for n in COORDINATE_WIDTHS])
-    return np.polyfit(np.log(COORDINATE_WIDTHS), np.log(values), 1)[0]
+    """`log_log_slopes` of the SGD step's changes (`which` = 0) or of the outputs at init (1)."""
+    return log_log_slopes([coordinate_changes(param, n)[which] for n in COORDINATE_WIDTHS])
 
 
 def test_mup_coordinate_check():
@@ -131,6 +145,59 @@ def test_mup_coordinate_check():
     # SP at the same η: the readout's change grows with width (measured slope 1.4–1.7), the hidden layers' too
     # (0.4–0.7), the input layer's shrinks (−0.5): no single η is right for every width.
     assert sp_change[-1] > 1.0 and sp_change[1:3].min() > 0.2 and sp_change[0] < -0.3, sp_change
+
+
+ADAM_COORDINATE_LR = 0.01  # global η: every layer's output moves by ~1e-2 of its O(1) size, the linear regime
+
+
+def paper_text_adam_rates(params):
+    """The full-μP Adam rates as the paper's text (§3) states them: kernels input 1/√fan_out, hidden 1/√fan_in,
+    readout 1/fan_in; biases 1."""
+    rate = {"input": lambda fan_in, fan_out: fan_out**-0.5, "hidden": lambda fan_in, fan_out: fan_in**-0.5,
+            "readout": lambda fan_in, fan_out: 1 / fan_in}
+    kinds = layer_kinds(params)
+    return {layer: {"kernel": rate[kinds[layer]["kernel"]](*fans(leaves["kernel"].shape)), "bias": 1.0}
+            for layer, leaves in params.items()}
+
+
+@functools.cache
+def adam_coordinate_changes(rates, width):
+    """Per-coordinate size (RMS) of each layer's output change after one Adam step of μP FCN-4's kernels with the
+    full-μP per-layer rates `rates` ("ours": `adam_lr_multipliers`, "paper": `paper_text_adam_rates`), applied as
+    `build` and the loop apply them (θ ← θ − η·c·m̂/(√v̂ + ε)): after the whole step, and from the layer's own kernel
+    stepping alone; averaged over `COORDINATE_SEEDS` initialisations: arrays (layers,). Biases are held: their rate
+    is 1, so their change is η at every width and would hide the kernels' scaling."""
+    init, grad, outputs = coordinate_fcn("mup", width)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    tx = optim.build_optimizer("adam", lr_multipliers=adam_lr_multipliers(shapes, "mup", full_mup=True)
+                               if rates == "ours" else paper_text_adam_rates(shapes))
+    first_direction = jax.jit(lambda params: tx.update(grad(params), tx.init(params), params)[0])
+    whole, own = [], []
+    for seed in range(COORDINATE_SEEDS):
+        params = init(jax.random.key(seed))
+        direction = first_direction(params)
+        stepped = {layer: dict(leaves, kernel=leaves["kernel"] - ADAM_COORDINATE_LR * direction[layer]["kernel"])
+                   for layer, leaves in params.items()}
+        before = outputs(params)
+        whole.append([rms(b - a) for a, b in zip(before, outputs(stepped))])
+        own.append([rms(outputs(dict(params, **{layer: stepped[layer]}))[i] - before[i])
+                    for i, layer in enumerate(COORDINATE_LAYERS)])
+    return np.mean(whole, 0), np.mean(own, 0)
+
+
+def test_full_mup_adam_coordinate_check():
+    """Full μP with Adam: one step's per-coordinate change of each layer's output is width-independent (log-log slope
+    near 0 over 8× width), after the whole step and from each layer's own kernel alone. Measured slopes (input,
+    hidden1, hidden2, readout): whole step (−0.00, −0.00, −0.00, +0.01), own kernel (−0.00, −0.01, −0.02, +0.03).
+    The paper's text rates fail: own-kernel slopes (−0.00, +0.49, +0.48, −0.47), the hidden layers' changes growing
+    and the readout's shrinking as √width (hidden 1/√fan_in is √fan_in too large, readout 1/fan_in √fan_in too
+    small). Their whole-step readout change still grows (+0.45): its input's growth outweighs its own shrinking."""
+    ours = [adam_coordinate_changes("ours", n) for n in COORDINATE_WIDTHS]
+    whole, own = log_log_slopes([w for w, _ in ours]), log_log_slopes([o for _, o in ours])
+    assert np.abs(whole).max() < 0.15 and np.abs(own).max() < 0.15, (whole, own)
+    assert min(w.min() for w, _ in ours) > 1e-3  # every layer moves
+    paper = log_log_slopes([adam_coordinate_changes("paper", n)[1] for n in COORDINATE_WIDTHS])
+    assert paper[1:3].min() > 0.3 and paper[3] < -0.3 and abs(paper[0]) < 0.15, paper
 
 
 @pytest.mark.parametrize("name, width, depth, image", [("fcn", 32, 3, 8), ("cnn", 8, 5, 16), ("wrn", 1, 10, 8)])
@@ -206,8 +273,8 @@ def test_layer_kinds_and_full_mup_adam_multipliers_fcn():
     # Widths are powers of two, so the factors are exact.
     assert adam_lr_multipliers(params, "mup", full_mup=True) == {
         "input": {"kernel": 1 / 8, "bias": 1.0},  # 1/√fan_out
-        "hidden1": {"kernel": 1 / 8, "bias": 1.0},  # 1/√fan_in
-        "readout": {"kernel": 1 / 64, "bias": 1.0},  # 1/fan_in
+        "hidden1": {"kernel": 1 / 64, "bias": 1.0},  # 1/√(fan_in·fan_out)
+        "readout": {"kernel": 1 / 8, "bias": 1.0},  # 1/√fan_in
     }
     for param, full_mup in [("mup", False), ("sp", True), ("sp", False)]:
         factors = adam_lr_multipliers(params, param, full_mup)
@@ -225,11 +292,12 @@ def test_layer_kinds_and_full_mup_adam_multipliers_wrn():
     block = kinds["stage2_block0"]
     assert block["conv1"]["kernel"] == block["shortcut"]["kernel"] == "hidden"
     assert block["norm1"] == {"scale": "norm", "bias": "norm"}
-    assert factors["stem"]["kernel"] == pytest.approx(1 / math.sqrt(9 * 16))
-    assert factors["stage2_block0"]["conv1"]["kernel"] == pytest.approx(1 / math.sqrt(9 * 16))
-    assert factors["stage2_block0"]["shortcut"]["kernel"] == pytest.approx(1 / 4)
-    assert factors["stage3_block0"]["conv2"]["kernel"] == pytest.approx(1 / math.sqrt(9 * 64))
-    assert factors["readout"]["kernel"] == pytest.approx(1 / 64)
+    # Fans include the window: a 3×3 conv from 16 to 32 channels has fan_in 9·16 and fan_out 9·32.
+    assert factors["stem"]["kernel"] == pytest.approx(1 / math.sqrt(9 * 16))  # input: 1/√fan_out
+    assert factors["stage2_block0"]["conv1"]["kernel"] == pytest.approx(1 / math.sqrt(9 * 16 * 9 * 32))
+    assert factors["stage2_block0"]["shortcut"]["kernel"] == pytest.approx(1 / math.sqrt(16 * 32))
+    assert factors["stage3_block0"]["conv2"]["kernel"] == pytest.approx(1 / (9 * 64))
+    assert factors["readout"]["kernel"] == pytest.approx(1 / 8)  # readout: 1/√fan_in
     assert factors["stage2_block0"]["norm1"] == {"scale": 1.0, "bias": 1.0}
 
 

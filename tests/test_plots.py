@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from warmup import config, plots, train
+from warmup import config, plots, records, train
 from conftest import CLI_ENV, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (config.CONFIG_DIR / "exp").glob("*.yaml"))
@@ -112,10 +113,11 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
         grid = ax.images[0].get_array()
         assert grid.shape == (2, 2) and not grid.mask[:, 0].any()
         marks = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
-        if planned:  # values fixed before training (η_c savings) are shown in diverged cells too, or read n/a
-            assert all(not grid.mask[a, 1] or marks.get((a, 1)) in ("n/a", "F") for a in range(2))
+        hatched = {(round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in ax.patches if p.get_hatch()}
+        if planned:  # values fixed before training (η_c savings) are printed in (hatched) diverged cells, or read n/a
+            assert all(not grid.mask[a, 1] or (a, 1) in hatched or marks.get((a, 1)) in ("n/a", "F") for a in range(2))
         else:
-            assert all(grid.mask[a, 1] or marks.get((a, 1)) == "F" for a in range(2))
+            assert all((a, 1) in hatched or marks.get((a, 1)) == "F" for a in range(2))
         assert any(line.get_color() in ("red", "black") for line in ax.lines)
 
     # a relaunch that only relabels the figure trains nothing and renders the new description
@@ -156,12 +158,13 @@ def test_phase_diagram_marks_statuses_draws_boundaries_and_shares_the_colour_sca
 
 
 def test_phase_diagram_marks_planned_values_a_run_does_not_have():
-    """T_reach/T_wrm is shown for diverged cells (it is fixed before training); a cell whose η_c check rejected the
-    catapult has no T_reach at all and says n/a instead of looking like an ordinary diverged cell."""
+    """T_reach/T_wrm is printed in diverged cells (it is fixed before training), which stay uncoloured; a cell whose
+    η_c check rejected the catapult has no T_reach at all and says n/a instead of looking like an ordinary diverged
+    cell."""
     table = pd.DataFrame([dict(warmup_steps=16, lr_trgt_scale=c, status=status, t_reach_fraction=value)
                           for c, status, value in ((1, "converged", 0.0), (2, "diverged", 0.5), (4, "diverged", np.nan))])
     ax = next(ax for ax in plots.phase_diagram(table, value="t_reach_fraction").axes if ax.images)
-    assert list(ax.images[0].get_array().mask[0]) == [False, False, True]
+    assert list(ax.images[0].get_array().mask[0]) == [False, True, True]
     assert sorted(t.get_text() for t in ax.texts) == ["0", "0.5", "n/a"]
 
 
@@ -176,3 +179,126 @@ def test_trajectory_legend_names_diverged_and_failed_runs_and_marks_divergence()
     assert labels == [r"$T_{\rm wrm}$ = 1 (diverged)", r"$T_{\rm wrm}$ = 64 (failed)", r"$T_{\rm wrm}$ = 256"]
     crosses = [line for line in ax.lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_ydata()) == [1e4]
+
+
+def write_record(run_dir, config, metrics, status="converged"):
+    """A run record as training leaves it: config.yaml, metrics.csv, summary.json."""
+    records.write_config(run_dir, config)
+    records.write_metrics(run_dir, metrics)
+    records.write_summary(run_dir, {"status": status})
+
+
+def warmup_metrics(lr_trgt, warmup_steps, sharpness, steps=64, every=1):
+    """Linear warmup to `lr_trgt` with λᴴ constant at `sharpness`, measured every `every` steps; 2/η_t logged every
+    step."""
+    t = np.arange(steps)
+    lr = lr_trgt * np.minimum(1, (t + 1) / warmup_steps)
+    return pd.DataFrame(dict(step=t, lr=lr, train_loss=1 / (t + 1), sharpness=np.where(t % every, np.nan, sharpness),
+                             sharpness_threshold=2 / lr))
+
+
+TRAJECTORY = {"name": "traj", "panels": ["loss", "sharpness"], "rows_by": "param.name",
+              "color_by": "schedule.warmup_steps"}
+
+
+def test_trajectory_rows_have_their_own_y_range_with_the_late_threshold_inside(tmp_path):
+    """SP's λᴴ ≈ 1 under 2/η_trgt = 200, μP's ≈ 10⁻³ under 0.02: each row's range holds its own curves and late
+    thresholds, not the other row's; the early threshold (2/η_0 = 16× the late one) is cut off."""
+    late = {"sp": 200, "mup": 0.02}
+    for param, sharpness in (("sp", 1.0), ("mup", 1e-3)):
+        write_record(tmp_path / param, {"param": {"name": param}, "schedule": {"warmup_steps": 16}, "exp": TRAJECTORY},
+                     warmup_metrics(2 / late[param], 16, sharpness))
+    fig, _ = plots.experiment_figure(tmp_path)
+    mup, sp = fig.axes[1], fig.axes[3]  # rows sorted by name: μP (mup), then SP
+    assert (mup.get_title(), sp.get_title()) == ("μP", "SP")
+    assert not mup.get_shared_y_axes().joined(mup, sp)
+    for ax, param, sharpness in ((mup, "mup", 1e-3), (sp, "sp", 1.0)):
+        low, high = ax.get_ylim()
+        assert low < sharpness < late[param] < high < 16 * late[param]
+    assert mup.get_ylim()[1] < 1.0  # SP's λᴴ is not in μP's range
+
+
+def test_a_quantity_measured_every_k_steps_is_drawn_with_dots(tmp_path):
+    write_record(tmp_path / "run", {"param": {"name": "sp"}, "schedule": {"warmup_steps": 16}, "exp": TRAJECTORY},
+                 warmup_metrics(0.01, 16, 1.0, every=8))
+    loss, sharpness = plots.experiment_figure(tmp_path)[0].axes
+    assert loss.lines[0].get_marker() == "None" and sharpness.lines[0].get_marker() == "."
+    assert len(sharpness.lines[0].get_xdata()) == 8
+
+
+def test_the_persistent_catapult_is_drawn_on_top_thick_in_its_own_colour_and_named(tmp_path):
+    exp = {**TRAJECTORY, "panels": ["lr", "loss"], "color_by": "exp.variant", "color_label": "warmup"}
+    for variant, init, warmup in (("linear64", "linear", 64), ("linear256", "linear", 256), ("persistent", "persistent", 1)):
+        write_record(tmp_path / variant, {"param": {"name": "sp"}, "schedule": {"init": init, "warmup_steps": warmup},
+                                          "exp": {**exp, "variant": variant}}, warmup_metrics(0.01, warmup, 1.0))
+    ax = plots.experiment_figure(tmp_path)[0].axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    persistent = lines.pop("warmup = persistent")
+    assert set(lines) == {"warmup = linear64", "warmup = linear256"}
+    assert persistent.get_zorder() > max(line.get_zorder() for line in lines.values())
+    assert persistent.get_linewidth() > max(line.get_linewidth() for line in lines.values())
+    assert all(persistent.get_color() != line.get_color() for line in lines.values())
+    assert "warmup = persistent" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_phase_diagram_prints_failed_values_and_hatches_diverged_cells_uncoloured():
+    """A failed cell prints its accuracy over F; a diverged cell is hatched and never coloured, in the savings
+    diagrams too, where its T_reach and T_save (fixed before training) are still printed."""
+    table = pd.DataFrame([dict(warmup_steps=16, lr_trgt_scale=c, status=status, best_test_acc=acc,
+                               t_reach_fraction=0.5 * i, t_save_fraction=0.25 * i)
+                          for i, (c, status, acc) in enumerate(((1, "converged", 0.8), (2, "failed", 0.1),
+                                                                 (4, "diverged", np.nan)))])
+    accuracy = next(ax for ax in plots.phase_diagram(table).axes if ax.images)
+    savings = [ax for ax in plots.phase_diagram(table, value=["t_reach_fraction", "t_save_fraction"]).axes if ax.images]
+    for ax, texts in ((accuracy, ["80", "10", "F"]), (savings[0], ["0", "0.5", "1"]), (savings[1], ["0", "0.25", "0.5"])):
+        assert list(ax.images[0].get_array().mask[0]) == [False, False, True]
+        assert [(round(p.get_x() + 0.5), p.get_hatch()) for p in ax.patches] == [(2, "///")]
+        assert [t.get_text() for t in ax.texts] == texts
+    value, mark = accuracy.texts[1:]  # the failed cell: its value above its F
+    assert value.get_position()[0] == mark.get_position()[0] == 1 and value.get_position()[1] > mark.get_position()[1]
+
+
+def test_tick_labels_name_powers_of_two_on_their_decade():
+    assert plots._tick_labels([0.00016 * 2 ** i for i in range(3)]) == [
+        r"$2^{4}\cdot10^{-5}$", r"$2^{5}\cdot10^{-5}$", r"$2^{6}\cdot10^{-5}$"]
+    assert plots._tick_labels([0.5, 1, 2, 512]) == ["$2^{-1}$", "$2^{0}$", "$2^{1}$", "$2^{9}$"]
+    assert plots._tick_labels([0.0001, 0.000141, 0.0002]) == ["0.0001", "0.000141", "0.0002"]
+
+
+def test_a_three_panel_phase_diagram_of_ten_by_four_cells_is_legible_at_page_width():
+    """Fig. 22's layout: 3 optimisers × 10 η_trgt = 2ˣ·10⁻⁵ × 4 T_wrm, failed and diverged cells included."""
+    lrs = [0.00032 * 2 ** i for i in range(10)]
+    table = pd.DataFrame([dict(optimizer=opt, warmup_steps=t, lr_trgt=lr, status="failed" if i == 8 else
+                               "diverged" if i == 9 else "converged", final_test_acc=0.5 + 0.03 * i)
+                          for opt in ("adam", "gi_adam", "radam") for t in (1, 256, 1024, 4096) for i, lr in enumerate(lrs)])
+    fig = plots.phase_diagram(table, value="final_test_acc", x="lr_trgt", cols_by="optimizer")
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 3 and 4 <= fig.get_figwidth() / 3 <= 5.5
+    fig.canvas.draw()
+    for ax in heatmaps:
+        assert ax.get_xticklabels()[0].get_text() == r"$2^{5}\cdot10^{-5}$"
+        assert min(t.get_fontsize() for t in ax.texts) >= 7 and len(ax.texts) == 4 * 9 + 4  # values, 4 F
+        boxes = [label.get_window_extent() for label in ax.get_xticklabels()] + [t.get_window_extent() for t in ax.texts]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_long_titles_break_after_commas_to_fit_the_figure():
+    title = "Fig. 10 (CPU scale: FCN-4-128, 800 Fashion-MNIST images, SGD B = 512 with momentum β = 0.9, MSE, λᴴ on 800 examples)"
+    fig = plt.figure(figsize=(8.4, 4))
+    plots._suptitle(fig, title)
+    lines = fig.get_suptitle().split("\n")
+    assert len(lines) == 2 and ", ".join(line.removesuffix(",") for line in lines) == title
+    fig.canvas.draw()
+    assert fig._suptitle.get_window_extent().width < fig.bbox.width
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.endswith("_cpu")])
+def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
+    cfg = compose_config([f"+exp={name}"])
+    title, data, model = cfg.exp.title, cfg.data, cfg.model
+    assert title.startswith("Fig. ") and "CPU scale" in title
+    assert {"fcn": f"FCN-{model.depth}-{model.width}", "wrn": f"WRN-{model.depth}-{model.width}",
+            "transformer": f"LM-{model.depth}-{model.width}"}[model.name] in title
+    assert (f"{data.num_examples} Fashion-MNIST images" if data.name == "fashion_mnist" else "pydoc corpus") in title
+    assert f"B = {data.batch_size}" in title if data.batch_size else ("GD" in title or "full batch" in title)
+    assert all(int(n) == data.measure_examples for n in re.findall(r"(\d+) examples", title))

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -76,52 +77,92 @@ def _label(value) -> str:
     return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
 
 
+def _persistent(run: Run) -> bool:
+    return run.config.get("schedule", {}).get("init") == "persistent"
+
+
+def _colors(runs: list[Run], color_by: str) -> dict:
+    """One viridis colour per value of `color_by`, the same in every panel and row; Fig. 7's persistent-catapult
+    schedule in red instead, so it stands out among the linear warmups."""
+    plain = sorted({lookup(r.config, color_by) for r in runs if not _persistent(r)})
+    colors = dict(zip(plain, plt.cm.viridis(np.linspace(0, 0.9, len(plain)))))
+    return {**colors, **{lookup(r.config, color_by): "crimson" for r in runs if _persistent(r)}}
+
+
+def _sampled(steps: pd.Series, logged: pd.Series) -> bool:
+    """A column measured every k > 1 logged steps (λᴴ with sharpness.every = k): drawn with dots as well, so that
+    the line reads as joining samples."""
+    return len(steps) > 1 and np.median(np.diff(steps)) > np.median(np.diff(logged))
+
+
+def _draw_run(axes, panels: list[Panel], run: Run, color, label: str) -> None:
+    """One run in every panel of its row: the curve (thick and on top for a persistent catapult), its thresholds
+    dashed then dotted in the same colour, and × at the last point of a diverged run."""
+    m = run.metrics
+    width = dict(lw=2.4, zorder=3) if _persistent(run) else dict(lw=1.2)
+    for ax, panel in zip(axes, panels):
+        series = m[["step", panel.column]].dropna()
+        step = series.step + 1  # log-x axes start at the first update
+        dots = dict(marker=".", ms=3) if _sampled(series.step, m.step) else {}
+        ax.plot(step, series[panel.column], color=color, label=label, **width, **dots)
+        if run.summary.get("status") == "diverged" and len(series):
+            ax.plot(step.iloc[-1], series[panel.column].iloc[-1], "x", color=color, ms=8)
+        for (column, scale), style in zip(panel.thresholds, ("--", ":")):
+            thr = m[["step", column]].dropna()
+            ax.plot(thr.step + 1, scale * thr[column], style, color=color, lw=0.9, alpha=0.8)
+
+
 def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, color_by: str, title: str = "",
                       color_label: str = r"$T_{\rm wrm}$"):
-    """Rows: one per value of `rows_by` (e.g. param.name); columns: panels; one colour per value of `color_by`,
-    the same colour in every panel and row. Thresholds dashed in the run's colour; diverged runs end with ×; the legend names diverged and failed runs."""
+    """Rows: one per value of `rows_by` (e.g. param.name); columns: panels; one colour per value of `color_by`.
+    Every panel has its own y-range, set by its row's runs alone (SP's and μP's λᴴ differ by orders of magnitude);
+    the legend names diverged and failed runs."""
     row_values = sorted({lookup(r.config, rows_by) for r in runs}, key=str)
-    color_values = sorted({lookup(r.config, color_by) for r in runs})
-    colors = dict(zip(color_values, plt.cm.viridis(np.linspace(0, 0.9, len(color_values)))))
+    colors = _colors(runs, color_by)
     fig, axes = plt.subplots(len(row_values), len(panels), figsize=(4.2 * len(panels), 3.2 * len(row_values)),
                              squeeze=False, constrained_layout=True)
     for i, row in enumerate(row_values):
-        for run in sorted((r for r in runs if lookup(r.config, rows_by) == row), key=lambda r: lookup(r.config, color_by)):
-            value = lookup(run.config, color_by)
-            status = run.summary.get("status")
-            m = run.metrics
-            for ax, panel in zip(axes[i], panels):
-                series = m[["step", panel.column]].dropna()
-                step = series.step + 1  # log-x axes start at the first update
-                ax.plot(step, series[panel.column], color=colors[value], lw=1.2,
-                        label=f"{color_label} = {value}" + (f" ({status})" if status in ("diverged", "failed") else ""))
-                if status == "diverged" and len(series):
-                    ax.plot(step.iloc[-1], series[panel.column].iloc[-1], "x", color=colors[value], ms=8)
-                for (column, scale), style in zip(panel.thresholds, ("--", ":")):
-                    thr = m[["step", column]].dropna()
-                    ax.plot(thr.step + 1, scale * thr[column], style, color=colors[value], lw=0.9, alpha=0.8)
-        for j, (ax, panel) in enumerate(zip(axes[i], panels)):
+        row_runs = sorted((r for r in runs if lookup(r.config, rows_by) == row), key=lambda r: lookup(r.config, color_by))
+        for run in row_runs:
+            value, status = lookup(run.config, color_by), run.summary.get("status")
+            label = f"{color_label} = {value}" + (f" ({status})" if status in ("diverged", "failed") else "")
+            _draw_run(axes[i], panels, run, colors[value], label)
+        for ax, panel in zip(axes[i], panels):
             ax.set_xscale("log")
             if panel.log:
                 ax.set_yscale("log")
             ax.set_xlabel("step $t$")
             ax.set_ylabel(panel.label)
             ax.set_title(f"{_label(row)}", fontsize=10)
-            _clip_thresholds(ax, runs, panel)
+            _set_ylim(ax, row_runs, panel)
         axes[i][0].legend(fontsize=8, loc="best")
-    if title:
-        fig.suptitle(title)
+    _suptitle(fig, title)
     return fig
 
 
-def _clip_thresholds(ax, runs: list[Run], panel: Panel) -> None:
-    """Thresholds start huge (2/η_t with η_0 ≈ 0): keep the y-range on the measured curves."""
-    values = pd.concat([r.metrics[panel.column] for r in runs]).to_numpy(dtype=float)
+def _set_ylim(ax, runs: list[Run], panel: Panel) -> None:
+    """The y-range of one row's panel: its runs' measured curves and each threshold's late value (at the run's last
+    step: 2/η_trgt, …). The early thresholds, huge while η_t ≈ 0 in the warmup, may be cut off."""
+    late = [scale * r.metrics[column].dropna().iloc[-1:] for r in runs for column, scale in panel.thresholds]
+    values = pd.concat([r.metrics[panel.column] for r in runs] + late).to_numpy(dtype=float)
     values = values[np.isfinite(values) & (values > 0 if panel.log else True)]
     if len(values):
         low, high = values.min(), values.max()
         ax.set_ylim(low / 2 if panel.log else low - 0.05 * abs(high - low),
                     high * 3 if panel.log else high + 0.05 * abs(high - low))
+
+
+def _suptitle(fig, title: str) -> None:
+    """Title the figure on as many lines as it needs, broken after commas so that none runs past the figure's
+    width (about 10 characters per inch at a title's 12 pt): titles list the data, model and batch that ran."""
+    lines = []
+    for part in title.split(", "):
+        if lines and len(lines[-1]) + len(part) + 2 <= 10 * fig.get_figwidth():
+            lines[-1] += ", " + part
+        else:
+            lines.append(part)
+    if title:
+        fig.suptitle(",\n".join(lines))
 
 
 def save(fig, path) -> pathlib.Path:
@@ -140,15 +181,23 @@ VALUE_LABELS = {"best_test_acc": "best test accuracy", "final_test_acc": "final 
 AXIS_LABELS = {"lr_trgt_scale": r"$\eta_{\rm trgt}\,\lambda^H_0$", "schedule.lr_trgt": r"$\eta_{\rm trgt}$",
                "lr_trgt": r"$\eta_{\rm trgt}$", "warmup_steps": r"$T_{\rm wrm}$"}
 LOWER_IS_BETTER = ("loss",)  # value names containing these get a reversed colour map
-# Fixed before training (the η_c search's schedule): shown for every cell, diverged ones included.
+# Fixed before training (the η_c search's schedule): printed for every cell, diverged ones included.
 PLANNED = ("eta_c", "t_reach", "t_save", "t_reach_fraction", "t_save_fraction")
+TRAINED = ("converged", "failed")  # the statuses of runs that trained to the end: only their cells are coloured
+MARKS = {"failed": "F", "error": "!", "skipped": "–", "": "·"}
 
 
-def _tick(value) -> str:
-    """2^k for powers of two (the grids' η_trgt·λ₀ᴴ), else 3 significant digits."""
-    if value > 0 and float(np.log2(value)).is_integer() and abs(np.log2(value)) >= 2:
-        return f"$2^{{{int(np.log2(value))}}}$"
-    return f"{value:.3g}"
+def _tick_labels(values) -> list[str]:
+    """2^x·10^k when every value is a power of two times one decade (c = 2ˣ; Adam's η_trgt = 2ˣ·10⁻⁵), else 3
+    significant digits."""
+    values = np.asarray(values, dtype=float)
+    if len(values) > 1 and (values > 0).all():
+        for k in range(0, -9, -1):
+            exponents = np.log2(values / 10.0 ** k)
+            if np.allclose(exponents, np.round(exponents), rtol=0, atol=1e-6):
+                decade = rf"\cdot10^{{{k}}}" if k else ""
+                return [rf"$2^{{{round(e)}}}{decade}$" for e in exponents]
+    return [f"{v:.3g}" for v in values]
 
 
 def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str], planned: bool = False) -> pd.DataFrame:
@@ -159,9 +208,33 @@ def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str], p
     for key, runs in table.groupby(keys, dropna=False, sort=True):
         status = runs.status.mode().iloc[0]
         values = pd.to_numeric(runs[value], errors="coerce") if value in runs else pd.Series(dtype=float)
-        usable = values if planned else values[runs.status.isin(("converged", "failed"))]
+        usable = values if planned else values[runs.status.isin(TRAINED)]
         rows.append({**dict(zip(keys, key)), "status": status, "value": usable.mean(), "runs": len(runs)})
     return pd.DataFrame(rows, columns=[*keys, "status", "value", "runs"])
+
+
+def _panel_grids(panel: pd.DataFrame, x: str, y: str, xs: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
+    """A panel's cells as (T_wrm, η) arrays of values and of statuses ('' where a cell has no runs)."""
+    grid = np.full((len(ys), len(xs)), np.nan)
+    status = np.full((len(ys), len(xs)), "", dtype=object)
+    for _, c in panel.iterrows():
+        a, b = ys.index(c[y]), xs.index(c[x])
+        status[a, b], grid[a, b] = c.status, c.value
+    return grid, status
+
+
+def _annotate(ax, grid: np.ndarray, status: np.ndarray, number, dark, planned: bool) -> None:
+    """Each cell's text: its value (where `number` formats one), above its mark if it has one (`MARKS`; n/a for a
+    `PLANNED` value the run does not have); diverged cells hatched."""
+    for (a, b), s in np.ndenumerate(status):
+        v = grid[a, b]
+        if s == "diverged":
+            ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.75", lw=0))
+        color = ("white" if dark(v) else "black") if s in TRAINED and np.isfinite(v) else ("black" if s else "grey")
+        mark = MARKS.get(s, "n/a" if planned and not np.isfinite(v) else None)
+        lines = [t for t in (number(v) if number and np.isfinite(v) else None, mark) if t]
+        for text, shift in zip(lines, (0.18, -0.18) if len(lines) == 2 else (0,)):
+            ax.text(b, a + shift, text, ha="center", va="center", fontsize=7, color=color)
 
 
 def _first_index(flags: np.ndarray) -> float:
@@ -185,12 +258,13 @@ def _draw_boundaries(ax, status: np.ndarray) -> None:
 def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_acc", x: str = "lr_trgt_scale",
                   y: str = "warmup_steps", rows_by: str | None = None, cols_by: str | None = None, title: str = ""):
     """Heatmaps of `value` over (x = η_trgt or c, y = T_wrm), one panel per (rows_by, cols_by) value, all on one
-    colour scale. Diverged cells are left empty (unless the value is `PLANNED` before training); failed cells are F, errors !, skipped cells – (train.skip_above),
-    cells without runs ·, and a `PLANNED` value a run does not have (no usable η_c: no catapult, or training at it
-    diverged) n/a. The
-    divergence boundary (left edge of the first diverged cell in each T_wrm row) is drawn solid red, the failure
-    boundary (first failed or diverged cell) dashed black. A list of values (e.g. T_reach and T_save fractions)
-    gives one column of panels per value instead of `cols_by`."""
+    colour scale. Only cells whose runs trained to the end are coloured. Diverged cells are hatched, and print their
+    value only if it is `PLANNED` before training; failed cells print their value over F; errors are !, skipped
+    cells – (train.skip_above), cells without runs ·, and a `PLANNED` value a run does not have (no usable η_c: no
+    catapult, or training at it diverged) n/a. The divergence boundary (left edge of the first diverged cell in each
+    T_wrm row) is drawn solid red, the failure boundary (first failed or diverged cell) dashed black. A list of
+    values (e.g. T_reach and T_save fractions) gives one column of panels per value instead of `cols_by`. Sized for
+    a page: 4.5 in per panel, 7 pt cell text."""
     values = [value] if isinstance(value, str) else list(value)
     planned = all(v in PLANNED for v in values)  # shown for diverged cells too
     if not isinstance(value, str):
@@ -201,13 +275,14 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     xs, ys = sorted(cells[x].dropna().unique()), sorted(cells[y].dropna().unique())
     row_values = sorted(cells[rows_by].unique(), key=str) if rows_by else [None]
     col_values = sorted(cells[cols_by].unique(), key=str) if cols_by else [None]
-    finite = cells.value[np.isfinite(cells.value.astype(float))]
-    vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0, 1)
+    coloured = cells.value[cells.status.isin(TRAINED) & np.isfinite(cells.value.astype(float))]
+    vmin, vmax = (coloured.min(), coloured.max()) if len(coloured) else (0, 1)
     reverse = any(w in value for w in LOWER_IS_BETTER)
     cmap = plt.get_cmap("viridis_r" if reverse else "viridis").with_extremes(bad="white")
     dark = lambda v: ((v - vmin) / ((vmax - vmin) or 1) < 0.5) != reverse  # the cell's colour is in viridis' dark half
+    number = None if len(xs) > 16 else (lambda v: f"{100 * v:.0f}") if "acc" in value else (lambda v: f"{v:.2g}")
     fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False, constrained_layout=True,
-                             figsize=(0.55 * len(xs) * len(col_values) + 1.8, 0.45 * len(ys) * len(row_values) + 1.4))
+                             figsize=(4.5 * len(col_values) + 1.2, (0.4 * len(ys) + 1.6) * len(row_values) + 0.4))
     for i, row in enumerate(row_values):
         for j, col in enumerate(col_values):
             ax = axes[i][j]
@@ -215,32 +290,19 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             for key, v in ((rows_by, row), (cols_by, col)):
                 if key:
                     mask &= (cells[key] == v).to_numpy()
-            panel = cells[mask]
-            grid = np.full((len(ys), len(xs)), np.nan)
-            status = np.full((len(ys), len(xs)), "", dtype=object)
-            for _, c in panel.iterrows():
-                a, b = ys.index(c[y]), xs.index(c[x])
-                status[a, b] = c.status
-                grid[a, b] = c.value
-            image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=vmin,
-                              vmax=vmax)
-            for (a, b), s in np.ndenumerate(status):
-                mark = {"failed": "F", "error": "!", "skipped": "–", "": "·"}.get(s, "n/a" if planned else None)
-                v = grid[a, b]
-                if s != "failed" and np.isfinite(v) and len(xs) <= 16:  # the number itself, small
-                    ax.text(b, a, f"{100 * v:.0f}" if "acc" in value else f"{v:.2g}", ha="center", va="center",
-                            fontsize=6, color="white" if dark(v) else "black")
-                elif mark:
-                    ax.text(b, a, mark, ha="center", va="center", fontsize=8, color="black" if s else "grey")
+            grid, status = _panel_grids(cells[mask], x, y, xs, ys)
+            shown = np.ma.masked_where(~np.isin(status, TRAINED) | ~np.isfinite(grid), grid)
+            image = ax.imshow(shown, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+            _annotate(ax, grid, status, number, dark, planned)
             _draw_boundaries(ax, status)
-            ax.set_xticks(range(len(xs)), [_tick(v) for v in xs], fontsize=7, rotation=45)
+            ax.set_xticks(range(len(xs)), _tick_labels(xs), fontsize=7, rotation=45, ha="right",
+                          rotation_mode="anchor")
             ax.set_yticks(range(len(ys)), [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in ys], fontsize=7)
             ax.set_xlabel(AXIS_LABELS.get(x, x))
             ax.set_ylabel(AXIS_LABELS.get(y, y))
             ax.set_title(" · ".join(_label(v) for v in (row, col) if v is not None), fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.8, label=VALUE_LABELS.get(value, "" if value == "_value" else value))
-    if title:
-        fig.suptitle(title)
+    _suptitle(fig, title)
     return fig
 
 

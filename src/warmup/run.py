@@ -41,6 +41,12 @@ def status(frozen: bool, final_train_acc: float, chance_acc: float) -> str:
 def initial_sharpness(b: build.Built, method: str, max_iters: int, tol: float, dtype: str) -> curvature.EigResult:
     """λ₀ᴴ: a tight solve on the measurement batch at initialisation (it sets η_trgt = c/λ₀ᴴ), in `dtype`; the result
     is returned in the parameters' dtype (its vector is the loop's first warm start)."""
+    with curvature.precision(dtype):
+        return lambda0_solver(b, method, max_iters, tol, dtype)(b.params)
+
+
+def lambda0_solver(b: build.Built, method: str, max_iters: int, tol: float, dtype: str):
+    """The jitted λ₀ᴴ solve, `params -> EigResult`; call (or lower) it inside `curvature.precision(dtype)`."""
     measure_loss = b.measurement_loss()
     flat, _ = ravel_pytree(b.params)
 
@@ -50,9 +56,7 @@ def initial_sharpness(b: build.Built, method: str, max_iters: int, tol: float, d
         eig = curvature.sharpness(measure_loss, curvature.cast(params, dtype), v0, method=method, max_iters=max_iters,
                                   tol=tol)
         return curvature.cast(eig, flat.dtype)
-
-    with curvature.precision(dtype):
-        return solve(b.params)
+    return solve
 
 
 class Prepared(NamedTuple):

@@ -16,7 +16,8 @@ A token embedding (`Embed`, a language model's input layer) is the input layer a
 kernel is (vocabulary, n), but a one-hot input has a single non-zero entry, so its forward pass and initialisation
 use fan_in = 1, and σ_w² = 1 (no ReLU follows): SP W ~ N(0, 1); μP W ~ N(0, 1/n) with multiplier √n.
 Kernels are truncated normal (at ±2 std) with exactly the variance above; biases start at zero and are
-added after the multiplier.
+added after the multiplier. Full μP with Adam also scales each kernel's learning rate (`adam_lr_multiplier`):
+input 1/√fan_out, hidden 1/√(fan_in·fan_out), readout 1/√fan_in.
 """
 
 import math
@@ -71,8 +72,16 @@ def forward_multiplier(param: str, kind: str, fan_in: int, fan_out: int) -> floa
 
 
 def adam_lr_multiplier(kind: str, fan_in: int, fan_out: int) -> float:
-    """Full-μP Adam learning-rate factor of a kernel, as stated in the paper (§3)."""
-    return {"input": fan_out**-0.5, "hidden": fan_in**-0.5, "readout": 1.0 / fan_in}[kind]
+    """Full-μP Adam learning-rate factor c of a kernel: the one that makes an Adam step's change of the layer's
+    output width-independent with this module's multipliers.
+
+    Adam moves every kernel entry by about c·η (its direction m̂/(√v̂ + ε) is sign-like, O(1) per entry), coherently
+    with the layer's input, so one step changes the output by Δh ≈ multiplier·c·η·fan_in, and c ∝ 1/(multiplier·fan_in):
+    input (fan_in fixed, multiplier ∝ √fan_out) 1/√fan_out, as in the paper (§3); hidden 1/√(fan_in·fan_out), where
+    the paper's text has 1/√fan_in (Δh would grow as √width); readout 1/√fan_in, where the paper's text has 1/fan_in
+    (Δf would shrink as 1/√width). `test_full_mup_adam_coordinate_check` measures both.
+    """
+    return {"input": fan_out**-0.5, "hidden": (fan_in * fan_out) ** -0.5, "readout": fan_in**-0.5}[kind]
 
 
 class _Scaled(nn.Module):
