@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 from omegaconf import OmegaConf
 
 from warmup import config, plots, records, train
@@ -237,7 +238,7 @@ def test_the_persistent_catapult_is_drawn_on_top_thick_in_its_own_colour_and_nam
     assert set(lines) == {"warmup = linear64", "warmup = linear256"}
     assert persistent.get_zorder() > max(line.get_zorder() for line in lines.values())
     assert persistent.get_linewidth() > max(line.get_linewidth() for line in lines.values())
-    assert all(persistent.get_color() != line.get_color() for line in lines.values())
+    assert to_hex(persistent.get_color()) not in {to_hex(line.get_color()) for line in lines.values()}
     assert "warmup = persistent" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
@@ -250,7 +251,8 @@ def test_phase_diagram_prints_failed_values_and_hatches_diverged_cells_uncoloure
                                                                  (4, "diverged", np.nan)))])
     accuracy = next(ax for ax in plots.phase_diagram(table).axes if ax.images)
     savings = [ax for ax in plots.phase_diagram(table, value=["t_reach_fraction", "t_save_fraction"]).axes if ax.images]
-    for ax, texts in ((accuracy, ["80", "10", "F"]), (savings[0], ["0", "0.5", "1"]), (savings[1], ["0", "0.25", "0.5"])):
+    for ax, texts in ((accuracy, ["80", "10", "F"]), (savings[0], ["0", "0.5", "F", "1"]),
+                      (savings[1], ["0", "0.25", "F", "0.5"])):
         assert list(ax.images[0].get_array().mask[0]) == [False, False, True]
         assert [(round(p.get_x() + 0.5), p.get_hatch()) for p in ax.patches] == [(2, "///")]
         assert [t.get_text() for t in ax.texts] == texts

@@ -295,8 +295,7 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             image = ax.imshow(shown, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
             _annotate(ax, grid, status, number, dark, planned)
             _draw_boundaries(ax, status)
-            ax.set_xticks(range(len(xs)), _tick_labels(xs), fontsize=7, rotation=45, ha="right",
-                          rotation_mode="anchor")
+            ax.set_xticks(range(len(xs)), _tick_labels(xs), fontsize=7, rotation=90)  # upright ones overlap
             ax.set_yticks(range(len(ys)), [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in ys], fontsize=7)
             ax.set_xlabel(AXIS_LABELS.get(x, x))
             ax.set_ylabel(AXIS_LABELS.get(y, y))
