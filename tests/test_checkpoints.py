@@ -28,7 +28,7 @@ CASES = {
                                  "data.augment.flip=true", "data.augment.crop=2", "data.augment.mixup_alpha=1.0",
                                  "sharpness.every=4"),
 }
-SLOW = pytest.mark.slow  # each such case takes ~25 s on 2 cores: the fast suite keeps one of each kind
+SLOW = pytest.mark.slow  # each such case takes 25-35 s on 2 cores: the fast suite keeps the single-run kill and signals
 # a batched group: three η_trgt, the largest diverging within the first chunks, the others resumed together
 GROUP = [("schedule.lr_trgt=0.3",), ("schedule.lr_trgt=0.6", "schedule.warmup_steps=8"), ("schedule.lr_trgt=3.0",)]
 CHILD = """
@@ -124,7 +124,8 @@ def test_a_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path):
     assert_same_record(tmp_path / "run", tmp_path / "fresh")
 
 
-@pytest.mark.parametrize("cell_axis", ["vmap", pytest.param("map", marks=SLOW)])
+@SLOW
+@pytest.mark.parametrize("cell_axis", ["vmap", "map"])
 def test_a_batched_group_killed_mid_way_resumes_to_identical_records(data_root, tmp_path, cell_axis):
     base = [*TINY, f"data.root={data_root}", *RESUMABLE, "sharpness.every=4"]
     cells = [[*base, *cell] for cell in GROUP]
