@@ -150,10 +150,10 @@ ADAM_STEPS = 6
 
 
 def full_mup_rate(name: str, kernel_shape) -> float:
-    """The paper's full-μP Adam rate of a Dense kernel (§3), by hand: input 1/√fan_out, hidden 1/√fan_in, readout
-    1/fan_in."""
+    """The full-μP Adam rate of a Dense kernel with our multipliers, by hand: input 1/√fan_out, hidden
+    1/√(fan_in·fan_out), readout 1/√fan_in (models/parameterization.py derives them)."""
     fan_in, fan_out = kernel_shape
-    return {"input": fan_out**-0.5, "readout": 1 / fan_in}.get(name, fan_in**-0.5)
+    return {"input": fan_out**-0.5, "readout": fan_in**-0.5}.get(name, (fan_in * fan_out) ** -0.5)
 
 
 def reference_adam_preconditioner(opt_state, params, t: int, full_mup: bool):

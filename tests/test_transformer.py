@@ -60,8 +60,8 @@ def test_layer_kinds_and_full_mup_rates():
     assert kinds["block1"]["mlp_out"]["kernel"] == "hidden" and kinds["final_norm"]["scale"] == "norm"
     rates = adam_lr_multipliers(params, "mup", full_mup=True)
     assert rates["embed"]["kernel"] == pytest.approx(16**-0.5)  # input: 1/√fan_out
-    assert rates["block0"]["mlp_out"]["kernel"] == pytest.approx(64**-0.5)  # hidden: 1/√fan_in
-    assert rates["readout"]["kernel"] == pytest.approx(1 / 16)
+    assert rates["block0"]["mlp_out"]["kernel"] == pytest.approx((64 * 16) ** -0.5)  # hidden: 1/√(fan_in·fan_out)
+    assert rates["readout"]["kernel"] == pytest.approx(16**-0.5)  # readout: 1/√fan_in
 
 
 def readout_input(model, params):
