@@ -114,6 +114,7 @@ def test_save_restore_keeps_the_newest_two_and_the_state_exactly(tmp_path):
     assert not checkpoints.due(0, 100, 0)
 
 
+@SLOW
 def test_a_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path):
     overrides = [*TINY, f"data.root={data_root}", *RESUMABLE, *CASES["gd_tracking"]]
     child = interrupted(overrides, tmp_path / "run", "KILL", 12)

@@ -48,7 +48,7 @@ def tiny_lm_data(text_root) -> list[str]:
             "data.batch_size=8", "data.measure_examples=8"]
 
 
-FAST = {"fig1_cpu", "fig2_cpu"}  # the GD and Adam panel families; the rest (momentum, …) are slow
+FAST = {"fig1_cpu"}  # the GD panel family (the main job); the rest (Adam, momentum, …) are slow
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in CPU_EXPERIMENTS])
@@ -86,7 +86,7 @@ def test_shrunken_experiment_runs_end_to_end_and_renders(name, data_root, text_r
         assert len(ax.lines) >= curves * (1 + len(panel.thresholds)), (panel.column, len(ax.lines))
 
 
-@pytest.mark.parametrize("name", [n if n == "fig4_cpu" else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n == "fig3_cpu" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in PHASE_CPU_EXPERIMENTS])
 def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, text_root, tmp_path):
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
