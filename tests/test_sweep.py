@@ -84,6 +84,7 @@ def test_cells_mapped_in_turn_equal_vmapped_cells(grid, data_root, tmp_path):
         sweep.run_batched(cfgs, [tmp_path / "x"] * len(cfgs), cell_axis="grouped")
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: the fast suite stays near 7 minutes
 def test_float64_measurements_batch_like_sequential_runs(data_root, tmp_path):
     """vmap re-traces the measurement when it batches the program, outside the loop's float64 context (which failed
     to lower before the batch was run in the measurement's precision mode); it must give the sequential records."""

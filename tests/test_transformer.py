@@ -207,6 +207,7 @@ def test_every_optimizer_trains_the_language_model_with_its_thresholds(run_lm, o
         assert (measured.pre_sharpness > 0).all() and np.isfinite(measured.pre_sharpness).all()
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: the fast suite stays near 7 minutes
 def test_sgd_catapult_search_reports_no_catapult_on_a_transformer(run_lm):
     run_dir, summary = run_lm("schedule.init=catapult", "schedule.lr_trgt_scale=1000", "schedule.warmup_steps=16",
                               "train.steps=8", "train.eval_every=0")
