@@ -64,12 +64,13 @@ def steps(run_dir) -> list[int]:
 
 def restore(run_dir, like, step: int | None = None):
     """The state saved at `step` (default: the newest), with `like`'s structure, shapes and dtypes; None if none."""
-    saved = steps(run_dir)
-    if not saved:
-        return None
+    if step is None:
+        saved = steps(run_dir)
+        if not saved:
+            return None
+        step = saved[-1]
     with _manager(run_dir) as manager:
-        return manager.restore(saved[-1] if step is None else step,
-                               args=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
+        return manager.restore(step, args=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
 
 
 def remove(run_dir) -> None:
