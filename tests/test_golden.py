@@ -7,12 +7,13 @@ differ, record anew on the commit before a change and compare after it:
     WARMUP_RECORD_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py -n 0
 """
 import json
+import math
 import os
 import pathlib
 
 import pytest
 
-from warmup import run, sweep
+from warmup import records, run, sweep
 from conftest import TINY, compose_config
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -59,8 +60,18 @@ def test_single_runs_match_their_golden_records(name, data_root, tmp_path):
 
 
 def test_language_model_matches_its_golden_record(text_root, tmp_path):
-    run.execute(compose_config([*LM, f"data.root={text_root}"]), tmp_path / "lm")
+    summary = run.execute(compose_config([*LM, f"data.root={text_root}"]), tmp_path / "lm")
     _compare("lm", tmp_path / "lm")
+    # what the record means, so that a re-recorded golden copy is still checked
+    assert summary["status"] == "converged" and summary["steps_completed"] == 20
+    assert summary["final_test_perplexity"] == pytest.approx(math.exp(summary["final_test_loss"]), rel=1e-6)
+    metrics = records.read_metrics(tmp_path / "lm")
+    assert list(metrics.step) == list(range(21))
+    assert math.log(64) < metrics.train_loss.iloc[0] < math.log(64) + 1  # SP: logits of variance ~1 at init
+    assert metrics.train_loss.iloc[-1] < 0.7 * metrics.train_loss.iloc[0]
+    measured = metrics[metrics.pre_sharpness.notna()]
+    assert list(measured.step) == [0, 5, 10, 15] and (measured.pre_sharpness > measured.sharpness).all()
+    assert metrics.sharpness[0] == pytest.approx(summary["lambda0"], rel=1e-2)
 
 
 def test_batched_sweep_matches_its_golden_records(data_root, tmp_path):

@@ -42,6 +42,7 @@ def test_run_writes_the_record_contract(run):
     assert "lr_trgt_scale: 1" in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow  # the golden records (tests/test_golden.py) already pin every number of a rerun
 def test_same_seed_same_metrics(run):
     overrides = ("schedule.lr_trgt=0.05", "data.batch_size=32", "data.augment.flip=true", "data.augment.crop=2",
                  "sharpness.every=7")

@@ -160,6 +160,7 @@ def run_lm(text_root, tmp_path):
     return runner([*LM_TINY, f"data.root={text_root}"], tmp_path)
 
 
+@pytest.mark.slow  # ~30 s; the fast suite's LM run is tests/test_golden.py's, with the same checks
 def test_language_model_run_records_loss_sharpness_and_perplexity(run_lm):
     run_dir, summary = run_lm("optimizer=adam", "schedule.lr_trgt=1e-2",
                               "schedule.warmup_steps=5", "sharpness.every=10", "train.steps=30")
