@@ -81,10 +81,12 @@ PAUSE_HOOK = pathlib.Path(__file__).parent / "launch_pause"  # its sitecustomize
 
 @pytest.mark.parametrize("launcher", ["sequential", pytest.param("batched", marks=pytest.mark.slow)])
 def test_sweep_killed_mid_way_resumes_without_redoing_finished_cells(data_root, tmp_path, launcher):
-    # Two cell groups (the loss differs, so the batched launcher compiles two programs, one after the other). The
-    # sweep runs with the pause hook: once a cell has finished, the next cell to write a chunk (10 of its 40 steps)
-    # signals and waits, and is killed there — no polling against the clock.
-    grid = ["loss=mse,xent", "schedule.lr_trgt_scale=1,2", "train.steps=40", "train.chunk_steps=10"]
+    # Batched: two cell groups (the loss differs, so the launcher compiles two programs, one after the other);
+    # sequential: two cells. The sweep runs with the pause hook: once a cell has finished, the next cell to write a
+    # chunk (10 of its 40 steps) signals and waits, and is killed there — no polling against the clock.
+    losses = "loss=mse,xent" if launcher == "batched" else "loss=mse"
+    grid = [losses, "schedule.lr_trgt_scale=1,2", "train.steps=40", "train.chunk_steps=10"]
+    cells = 4 if launcher == "batched" else 2
     sweep_dir, signal_file = tmp_path / "sweep", tmp_path / "paused"
     env = {**ENV, "WARMUP_TEST_PAUSE": str(signal_file),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PAUSE_HOOK), ENV.get("PYTHONPATH")]))}
@@ -108,7 +110,7 @@ def test_sweep_killed_mid_way_resumes_without_redoing_finished_cells(data_root, 
     paused_summary = records.read_summary(paused)
     assert paused_summary["status"] == "running" and paused_summary["steps_completed"] == 10  # killed mid-way
     killed, done = summaries(sweep_dir), finished(sweep_dir)  # every file left behind parses
-    assert done and len(done) < 4
+    assert done and len(done) < cells
     assert all(killed[name]["status"] == "running" for name in killed.keys() - done)
     before = {name: [(sweep_dir / name / f).stat().st_mtime_ns for f in ("metrics.csv", "summary.json")]
               for name in done}
@@ -120,7 +122,7 @@ def test_sweep_killed_mid_way_resumes_without_redoing_finished_cells(data_root, 
         assert f"{name}: already finished" in result.stdout
         assert [(sweep_dir / name / f).stat().st_mtime_ns for f in ("metrics.csv", "summary.json")] == before[name]
         assert (sweep_dir / name / "metrics.csv").read_text() == metrics_before[name]
-    assert finished(sweep_dir) == set(summaries(sweep_dir)) and len(summaries(sweep_dir)) == 4
+    assert finished(sweep_dir) == set(summaries(sweep_dir)) and len(summaries(sweep_dir)) == cells
 
     # a redone cell equals an uninterrupted run of it
     redone = sorted(set(summaries(sweep_dir)) - done)[0]

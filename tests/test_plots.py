@@ -260,6 +260,23 @@ def test_phase_diagram_prints_failed_values_and_hatches_diverged_cells_uncoloure
     assert value.get_position()[0] == mark.get_position()[0] == 1 and value.get_position()[1] > mark.get_position()[1]
 
 
+def test_a_cell_of_several_seeds_prints_the_fraction_that_diverged_or_failed():
+    """Three seeds per cell: the cell takes the most common status (a tie goes to the worse outcome), is coloured by
+    its trained seeds' mean and prints how many of its seeds diverged (D) or failed (F)."""
+    outcomes = {1: [("converged", 0.8), ("converged", 0.7), ("converged", 0.9)],
+                2: [("converged", 0.6), ("failed", 0.1), ("diverged", np.nan)],  # a three-way tie: diverged
+                4: [("converged", 0.5), ("diverged", np.nan), ("diverged", np.nan)]}
+    table = pd.DataFrame([dict(warmup_steps=16, lr_trgt_scale=c, seed=seed, status=status, best_test_acc=acc)
+                          for c, runs in outcomes.items() for seed, (status, acc) in enumerate(runs)])
+    cells = plots.cell_table(table, "best_test_acc", "lr_trgt_scale", "warmup_steps", [])
+    assert list(cells.status) == ["converged", "diverged", "diverged"] and list(cells.runs) == [3, 3, 3]
+    assert cells.value[0] == pytest.approx(0.8) and cells.value[2] == pytest.approx(0.5)
+    ax = next(ax for ax in plots.phase_diagram(table).axes if ax.images)
+    assert list(ax.images[0].get_array().mask[0]) == [False, True, True]
+    assert [t.get_text() for t in ax.texts] == ["80", "D 1/3 F 1/3", "D 2/3"]
+    assert sorted(round(p.get_x() + 0.5) for p in ax.patches) == [1, 2]  # mostly diverged: hatched
+
+
 def test_tick_labels_name_powers_of_two_on_their_decade():
     assert plots._tick_labels([0.00016 * 2 ** i for i in range(3)]) == [
         r"$2^{4}\cdot10^{-5}$", r"$2^{5}\cdot10^{-5}$", r"$2^{6}\cdot10^{-5}$"]
@@ -298,10 +315,12 @@ def test_long_titles_break_after_commas_to_fit_the_figure():
 def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
     cfg = compose_config([f"+exp={name}"], with_hydra=True)
     title, data, model = cfg.exp.title, cfg.data, cfg.model
-    width = "n" if "model.width" in (cfg.hydra.sweeper.params or {}) else model.width  # a width trend names n
+    swept = cfg.hydra.sweeper.params or {}
+    width = "n" if "model.width" in swept else model.width  # a trend over the width names it n, over the data N
+    examples = "N" if "data.num_examples" in swept else data.get("num_examples")
     assert title.startswith("Fig. ") and "CPU scale" in title
     assert {"fcn": f"FCN-{model.depth}-{width}", "wrn": f"WRN-{model.depth}-{width}",
             "transformer": f"LM-{model.depth}-{width}"}[model.name] in title
-    assert (f"{data.num_examples} Fashion-MNIST images" if data.name == "fashion_mnist" else "pydoc corpus") in title
+    assert (f"{examples} Fashion-MNIST images" if data.name == "fashion_mnist" else "pydoc corpus") in title
     assert f"B = {data.batch_size}" in title if data.batch_size else ("GD" in title or "full batch" in title)
     assert all(int(n) == data.measure_examples for n in re.findall(r"(\d+) examples", title))

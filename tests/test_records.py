@@ -4,7 +4,7 @@ import pandas as pd
 from warmup import config, records, run
 
 
-def test_atomic_write_leaves_only_the_final_file(tmp_path):
+def test_records_are_written_atomically(tmp_path):
     records.write_atomic(tmp_path / "a" / "summary.json", "{}\n")
     records.write_atomic(tmp_path / "a" / "summary.json", '{"status": "running"}\n')
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["summary.json"]

@@ -21,7 +21,6 @@ import pathlib
 import pickle
 import socket
 import tarfile
-import tempfile
 import urllib.parse
 import zipfile
 import zlib
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warmup import fetch
+from warmup.files import atomic_file
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet")
 ENV_VAR = "WARMUP_DATA_DIR"
@@ -226,16 +226,8 @@ def _load_tiny(folder: pathlib.Path, source: pathlib.Path):
             raise DataFileError(f"{cache}: not a readable decoded Tiny-ImageNet cache ({_one_line(err)})") from err
     arrays = (_decode_tiny(source, source.glob("train/*/images/*.JPEG")) if source.is_dir()
               else _decode_tiny_zip(source))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dict(zip(Dataset._fields, arrays)))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data folder is meant to be shared
-        os.replace(tmp, cache)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(cache, "wb") as f:
+        np.savez(f, **dict(zip(Dataset._fields, arrays)))
     return arrays
 
 

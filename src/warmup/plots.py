@@ -202,37 +202,51 @@ def _tick_labels(values) -> list[str]:
 
 def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str], planned: bool = False) -> pd.DataFrame:
     """One row per (panel, x, y) cell: `value` averaged over the cell's runs that trained to the end (seeds; every
-    run when `planned`), the cell's status (its runs' most common one) and how many runs it holds."""
+    run when `planned`), the cell's status (its runs' most common one; a tie goes to the worse outcome), how many
+    runs it holds and how many of them diverged or failed."""
     keys = [*by, x, y]
     rows = []
     for key, runs in table.groupby(keys, dropna=False, sort=True):
-        status = runs.status.mode().iloc[0]
+        counts = runs.status.value_counts()
+        status = max(counts.index, key=lambda s: (counts[s], s in ("diverged", "failed"), s == "diverged"))
         values = pd.to_numeric(runs[value], errors="coerce") if value in runs else pd.Series(dtype=float)
         usable = values if planned else values[runs.status.isin(TRAINED)]
-        rows.append({**dict(zip(keys, key)), "status": status, "value": usable.mean(), "runs": len(runs)})
-    return pd.DataFrame(rows, columns=[*keys, "status", "value", "runs"])
+        rows.append({**dict(zip(keys, key)), "status": status, "value": usable.mean(), "runs": len(runs),
+                     "diverged": int(counts.get("diverged", 0)), "failed": int(counts.get("failed", 0))})
+    return pd.DataFrame(rows, columns=[*keys, "status", "value", "runs", "diverged", "failed"])
 
 
-def _panel_grids(panel: pd.DataFrame, x: str, y: str, xs: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
-    """A panel's cells as (T_wrm, η) arrays of values and of statuses ('' where a cell has no runs)."""
+def seed_outcomes(cell) -> str:
+    """A cell of several seeds: the fraction that diverged (D) and failed (F), e.g. "D 1/3" ('' for one run or none)."""
+    if cell.runs < 2:
+        return ""
+    return " ".join(f"{mark} {k}/{cell.runs}" for mark, k in (("D", cell.diverged), ("F", cell.failed)) if k)
+
+
+def _panel_grids(panel: pd.DataFrame, x: str, y: str, xs: list, ys: list):
+    """A panel's cells as (T_wrm, η) arrays of values, of statuses ('' where a cell has no runs) and of seed
+    outcomes (`seed_outcomes`)."""
     grid = np.full((len(ys), len(xs)), np.nan)
     status = np.full((len(ys), len(xs)), "", dtype=object)
+    outcomes = np.full((len(ys), len(xs)), "", dtype=object)
     for _, c in panel.iterrows():
         a, b = ys.index(c[y]), xs.index(c[x])
-        status[a, b], grid[a, b] = c.status, c.value
-    return grid, status
+        status[a, b], grid[a, b], outcomes[a, b] = c.status, c.value, seed_outcomes(c)
+    return grid, status, outcomes
 
 
-def _annotate(ax, grid: np.ndarray, status: np.ndarray, number, dark, planned: bool) -> None:
-    """Each cell's text: its value (where `number` formats one), above its mark if it has one (`MARKS`; n/a for a
-    `PLANNED` value the run does not have); diverged cells hatched."""
+def _annotate(ax, grid: np.ndarray, status: np.ndarray, outcomes: np.ndarray, number, dark, planned: bool) -> None:
+    """Each cell's text: its value (where `number` formats one), above its mark: the fraction of seeds that diverged
+    or failed when it has several, else `MARKS` (n/a for a `PLANNED` value the run does not have); cells whose
+    runs mostly diverged hatched."""
     for (a, b), s in np.ndenumerate(status):
         v = grid[a, b]
         if s == "diverged":
             ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.75", lw=0))
         color = ("white" if dark(v) else "black") if s in TRAINED and np.isfinite(v) else ("black" if s else "grey")
-        mark = MARKS.get(s, "n/a" if planned and not np.isfinite(v) else None)
-        lines = [t for t in (number(v) if number and np.isfinite(v) else None, mark) if t]
+        mark = outcomes[a, b] or MARKS.get(s, "n/a" if planned and not np.isfinite(v) else None)
+        shown = number and np.isfinite(v) and (s in TRAINED or planned)  # a mostly diverged cell: its seeds only
+        lines = [t for t in (number(v) if shown else None, mark) if t]
         for text, shift in zip(lines, (0.18, -0.18) if len(lines) == 2 else (0,)):
             ax.text(b, a + shift, text, ha="center", va="center", fontsize=7, color=color)
 
@@ -263,8 +277,9 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     cells – (train.skip_above), cells without runs ·, and a `PLANNED` value a run does not have (no usable η_c: no
     catapult, or training at it diverged) n/a. The divergence boundary (left edge of the first diverged cell in each
     T_wrm row) is drawn solid red, the failure boundary (first failed or diverged cell) dashed black. A list of
-    values (e.g. T_reach and T_save fractions) gives one column of panels per value instead of `cols_by`. Sized for
-    a page: 4.5 in per panel, 7 pt cell text."""
+    values (e.g. T_reach and T_save fractions) gives one column of panels per value instead of `cols_by`. A cell of
+    several seeds (`seed=0,1,2`) takes its runs' most common status, its trained runs' mean, and prints the fraction
+    that diverged (D k/n) or failed (F k/n). Sized for a page: 4.5 in per panel, 7 pt cell text."""
     values = [value] if isinstance(value, str) else list(value)
     planned = all(v in PLANNED for v in values)  # shown for diverged cells too
     if not isinstance(value, str):
@@ -290,10 +305,10 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             for key, v in ((rows_by, row), (cols_by, col)):
                 if key:
                     mask &= (cells[key] == v).to_numpy()
-            grid, status = _panel_grids(cells[mask], x, y, xs, ys)
+            grid, status, outcomes = _panel_grids(cells[mask], x, y, xs, ys)
             shown = np.ma.masked_where(~np.isin(status, TRAINED) | ~np.isfinite(grid), grid)
             image = ax.imshow(shown, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-            _annotate(ax, grid, status, number, dark, planned)
+            _annotate(ax, grid, status, outcomes, number, dark, planned)
             _draw_boundaries(ax, status)
             ax.set_xticks(range(len(xs)), _tick_labels(xs), fontsize=7, rotation=90)  # upright ones overlap
             ax.set_yticks(range(len(ys)), [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in ys], fontsize=7)

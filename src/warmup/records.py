@@ -4,12 +4,12 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from warmup.config import ConfigError, flat, is_result_key
+from warmup.files import write_atomic
 
 METRIC_COLUMNS = (
     "step", "lr", "train_loss", "train_acc", "grad_norm",
@@ -17,27 +17,6 @@ METRIC_COLUMNS = (
     "test_loss", "test_acc",
 )
 FINISHED = ("converged", "diverged", "failed", "skipped")  # skipped: train.skip_above (a smaller η_trgt stopped it)
-
-
-def write_atomic(path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see a half-written file. A directory that
-    cannot be written is an OSError naming it."""
-    path = pathlib.Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise OSError(f"{path.parent}: cannot write the run record ({err.strerror or err})") from err
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; records are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def metric_columns(metrics: pd.DataFrame) -> list[str]:

@@ -31,7 +31,6 @@ import hashlib
 import os
 import pathlib
 import sys
-import tempfile
 import zipfile
 from typing import NamedTuple
 
@@ -40,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warmup import data, fetch
+from warmup.files import atomic_file, write_atomic
 
 CORPORA = ("wikitext2", "wikitext103", "pydoc")
 SPLITS = ("train", "valid", "test")
@@ -81,19 +81,6 @@ def _holds_splits(folder: pathlib.Path, layout: _Layout) -> bool:
     return all((folder / layout.pattern.format(s)).is_file() for s in SPLITS)
 
 
-def _write_atomic(path: pathlib.Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pydoc_splits() -> dict[str, str]:
     """The pydoc corpus's three splits (see the module docstring), from this Python's `pydoc_data.topics`."""
     from pydoc_data.topics import topics
@@ -116,7 +103,7 @@ def _extract(archive: pathlib.Path, layout: _Layout) -> None:
     with zipfile.ZipFile(archive) as z:
         for s in SPLITS:
             member = f"{layout.folder}/{layout.pattern.format(s)}"
-            _write_atomic(archive.parent / member, z.read(member))
+            write_atomic(archive.parent / member, z.read(member))
 
 
 def find_corpus(name: str, root: str | None) -> pathlib.Path:
@@ -131,7 +118,7 @@ def find_corpus(name: str, root: str | None) -> pathlib.Path:
         for s, text in pydoc_splits().items():
             path = folder / layout.pattern.format(s)
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                _write_atomic(path, text.encode("utf-8"))
+                write_atomic(path, text.encode("utf-8"))
         return folder
     for base in folders:
         if _holds_splits(base / layout.folder, layout):
@@ -193,7 +180,7 @@ def load(name: str, root: str | None = None, vocab_size: int = 4096) -> TokenStr
         tokenizer_json = tokenizer_path.read_text(encoding="utf-8")
     else:
         tokenizer_json = train_tokenizer(read("train").splitlines(keepends=True), vocab_size).to_str()
-        _write_atomic(tokenizer_path, tokenizer_json.encode("utf-8"))
+        write_atomic(tokenizer_path, tokenizer_json.encode("utf-8"))
     tokenizer = Tokenizer.from_str(tokenizer_json)
     digest = hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()
     streams = None
@@ -203,10 +190,8 @@ def load(name: str, root: str | None = None, vocab_size: int = 4096) -> TokenStr
                 streams = {s: cached[s] for s in SPLITS}
     if streams is None:
         streams = {s: encode(tokenizer, read(s)) for s in SPLITS}
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{tokens_path.name}.", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(tokens_path, "wb") as f:
             np.savez(f, tokenizer_sha256=np.array(digest), **streams)
-        os.replace(tmp, tokens_path)
     return TokenStreams(**streams, vocab_size=tokenizer.get_vocab_size(), folder=folder)
 
 
