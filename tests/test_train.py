@@ -166,22 +166,30 @@ def test_bad_values_name_key_and_value(override, message):
         config.validate(compose_config(["schedule.lr_trgt=0.1", override]))
 
 
-@pytest.mark.parametrize("args, words", [
+@pytest.mark.parametrize("args, words", [  # one refusal of each kind: Hydra, config check, optimiser, data
     (["optimizer=adamw"], ["optimizer=adamw", "sgd", "gi_adam"]),
     (["schedule.lr_trgt=0.1", "schedule.nonsense=1"], ["nonsense"]),
     (["schedule.lr_trgt=-0.1"], ["schedule.lr_trgt=-0.1", "> 0"]),
-    (["schedule.lr_trgt=0.1", "schedule.warmup_steps=0"], ["schedule.warmup_steps=0", ">= 1"]),
-    (["schedule.lr_trgt=0.1", "data.num_examples=10", "data.batch_size=20"], ["data.batch_size=20", "num_examples"]),
-    ([], ["schedule.lr_trgt", "lr_trgt_scale", "neither"]),
-    (["schedule.lr_trgt=0.1", "schedule.lr_trgt_scale=2"], ["both"]),
     (["schedule.lr_trgt=0.1", "data=mnist", "data.root=/nonexistent"], ["mnist", "train-images-idx3-ubyte.gz"]),
     (["schedule.lr_trgt=0.1", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5", "[0, 1)"]),
-    (["schedule.lr_trgt=0.1", "sharpness.method=qr"], ["sharpness.method=qr", "lanczos"]),
 ])
 def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path):
     result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", env={"HOME": str(tmp_path)})
     assert_one_line_error(result, words)
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("args, words", [  # the config check's other refusals, which reach the CLI as the one above
+    (["schedule.lr_trgt=0.1", "schedule.warmup_steps=0"], ["schedule.warmup_steps=0", ">= 1"]),
+    (["schedule.lr_trgt=0.1", "data.num_examples=10", "data.batch_size=20"], ["data.batch_size=20", "num_examples"]),
+    ([], ["schedule.lr_trgt", "lr_trgt_scale", "neither"]),
+    (["schedule.lr_trgt=0.1", "schedule.lr_trgt_scale=2"], ["both"]),
+    (["schedule.lr_trgt=0.1", "sharpness.method=qr"], ["sharpness.method=qr", "lanczos"]),
+])
+def test_bad_values_are_refused_in_one_line_naming_them(args, words):
+    with pytest.raises(config.ConfigError) as refused:
+        config.validate(compose_config(args))
+    assert "\n" not in str(refused.value) and all(word in str(refused.value) for word in words)
 
 
 def test_sharpness_dtype_must_be_float32_or_float64():
