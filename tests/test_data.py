@@ -240,6 +240,41 @@ def test_a_damaged_tiny_imagenet_is_one_line_naming_the_file(tmp_path, damage):
     assert not (tmp_path / "tiny-imagenet-200.npz").exists()
 
 
+def write_digits(folder, rows=1797):
+    """scikit-learn's digits.csv.gz layout: per row 64 pixel values 0–16 (8×8, row by row), then the label."""
+    pixels = RNG.integers(0, 17, (rows, 64)).astype(float)
+    labels = np.arange(rows) % 10
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(f"{v:.1f}" for v in (*p, label)) for p, label in zip(pixels, labels)]
+    (folder / "digits.csv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    return pixels.reshape(-1, 8, 8, 1), labels
+
+
+def test_digits_round_trip_with_the_fixed_split(tmp_path):
+    pixels, labels = write_digits(tmp_path / "digits")
+    ds = load("digits", str(tmp_path))
+    assert ds.x_train.shape == (1500, 8, 8, 1) and ds.x_test.shape == (297, 8, 8, 1) and ds.num_classes == 10
+    np.testing.assert_array_equal(ds.y_train, labels[:1500])
+    np.testing.assert_array_equal(ds.y_test, labels[1500:])
+    np.testing.assert_allclose(ds.x_test, standardize(pixels[1500:]), rtol=1e-6)  # pixel [i, j] is column 8 i + j
+
+
+def test_digits_are_read_from_an_installed_scikit_learn(tmp_path, monkeypatch):
+    shipped = tmp_path / "site-packages" / "sklearn" / "datasets" / "data"
+    write_digits(shipped)
+    monkeypatch.setattr(data, "_sklearn_data", lambda: shipped)
+    assert find_root("digits", None) == shipped
+    monkeypatch.setattr(data, "_sklearn_data", lambda: None)
+    with pytest.raises(DataNotFoundError, match=r"digits\.csv\.gz \(pip install scikit-learn.* it has no download$"):
+        find_root("digits", None)
+
+
+def test_a_damaged_digits_file_is_one_line_naming_it(tmp_path):
+    write_digits(tmp_path, rows=100)  # too few rows for the split
+    with pytest.raises(data.DataFileError, match=f"^{tmp_path / 'digits.csv.gz'}: not a readable digits"):
+        load("digits", str(tmp_path))
+
+
 def test_standardize_is_per_image():
     x = np.stack([np.arange(12.0).reshape(2, 2, 3), 5 + 100 * np.arange(12.0).reshape(2, 2, 3)])
     z = standardize(x)
@@ -278,9 +313,9 @@ def test_missing_files_raise_one_line_naming_them(tmp_path, monkeypatch):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="allowed: fashion_mnist, mnist, cifar10, cifar100, tiny_imagenet"):
+    with pytest.raises(ValueError, match="allowed: fashion_mnist, mnist, cifar10, cifar100, tiny_imagenet, digits"):
         load("imagenet")
-    assert DATASETS == ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet")
+    assert DATASETS == ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "digits")
 
 
 def test_subset_is_seeded():

@@ -97,7 +97,8 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
     x_key = {"lr_trgt_scale": "schedule.lr_trgt_scale"}.get(cfg.exp.x, cfg.exp.x)
     sweep = tmp_path / "sweep"
     data = (tiny_lm_data(text_root) if cfg.model.name == "transformer" else
-            [f"data.root={data_root}", "data.num_examples=64", "data.batch_size=16", "data.measure_examples=32"])
+            [f"data.root={data_root}", "data.num_examples=64", "data.batch_size=16", "data.measure_examples=32",
+             *(["data=fashion_mnist"] if cfg.data.name == "digits" else [])])  # digits: tests/test_data.py
     args = [f"+exp={name}", *data, "model.width=8", "model.depth=2", "train.steps=12", "train.chunk_steps=6",
             "train.eval_every=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}", "schedule.warmup_steps=1,4",
             "param=sp",  # one parameterisation: fig3's SP/μP panels would double the cost
@@ -325,6 +326,7 @@ def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
     assert title.startswith("Fig. ") and "CPU scale" in title
     assert {"fcn": f"FCN-{model.depth}-{width}", "wrn": f"WRN-{model.depth}-{width}",
             "transformer": f"LM-{model.depth}-{width}"}[model.name] in title
-    assert (f"{examples} Fashion-MNIST images" if data.name == "fashion_mnist" else "pydoc corpus") in title
+    assert {"fashion_mnist": f"{examples} Fashion-MNIST images", "digits": f"{examples} 8×8 digits"}.get(
+        data.name, "pydoc corpus") in title
     assert f"B = {data.batch_size}" in title if data.batch_size else ("GD" in title or "full batch" in title)
     assert all(int(n) == data.measure_examples for n in re.findall(r"(\d+) examples", title))

@@ -18,7 +18,7 @@ GROUPS = ("model", "param", "optimizer", "loss", "data", "schedule", "sharpness"
 SCHEDULE_INITS = ("linear", "catapult", "persistent")
 # Training examples in each image dataset's published files (a `data.root` may hold fewer: checked on load).
 PUBLISHED_TRAIN_SIZE = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-                        "tiny_imagenet": 100000}
+                        "tiny_imagenet": 100000, "digits": 1500}
 
 # Keys (or key prefixes, ending in '.') that do not change a run's numbers: how it is chunked and shown, and the
 # figure's description (`exp.`, whose numbers reach the run through the keys it sets). A relaunch compares every

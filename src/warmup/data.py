@@ -3,18 +3,21 @@ batching and augmentation.
 
 Host side (numpy): `load` reads the published files — MNIST / Fashion-MNIST IDX `.gz`, CIFAR-10/100 python
 pickles (extracted folder or the `.tar.gz` itself), Tiny-ImageNet JPEGs (extracted folder or the `.zip` itself,
-decoded once into an `.npz` cache) — and standardises each image on its own; `subset` takes a
+decoded once into an `.npz` cache), the 8×8 digits `digits.csv.gz` that scikit-learn ships — and standardises each
+image on its own; `subset` takes a
 seeded training subset. Device side (jax, pure, jit- and vmap-able): `draw_batch` and `augment` draw a
 minibatch and its augmentation from a PRNG key inside the compiled training step.
 
 Files are looked up under `data.root` (or its `<name>/`) when it is given, and nowhere else; otherwise under
 `$WARMUP_DATA_DIR` (or its `<name>/`), `/usr/share/datasets/<name>` and `~/.cache/warmup/<name>`. If none holds
 them and the network is reachable, the official files are downloaded into `data.root` (or `~/.cache/warmup/<name>`)
-and checked against their published checksums (`fetch.py`).
+and checked against their published checksums (`fetch.py`). The digits have no download: they are read from an
+installed scikit-learn when no searched folder holds them.
 A file that cannot be read as its format is a `DataFileError` naming it.
 """
 
 import gzip
+import importlib.util
 import io
 import os
 import pathlib
@@ -33,11 +36,11 @@ import numpy as np
 from warmup import fetch
 from warmup.files import atomic_file
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet", "digits")
 ENV_VAR = "WARMUP_DATA_DIR"
 SYSTEM_DIR = pathlib.Path("/usr/share/datasets")
 _SYSTEM_NAMES = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10", "cifar100": "cifar-100",
-                 "tiny_imagenet": "tiny-imagenet"}
+                 "tiny_imagenet": "tiny-imagenet", "digits": "digits"}
 _IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 _IDX_MAGIC = {2051: 3, 2049: 1}  # unsigned-byte images (N, H, W) and labels (N,)
@@ -45,6 +48,8 @@ _TIMEOUT_S = 5  # connect timeout of the network check
 _TINY = "tiny-imagenet-200"  # the stem of the published zip, the folder it extracts to and the decoded cache
 _TINY_MARKS = ("wnids.txt", "val/val_annotations.txt")  # files that mark an extracted Tiny-ImageNet folder
 _TINY_SIZE = (64, 64, 3)
+_DIGITS = "digits.csv.gz"  # scikit-learn's copy of the UCI optical digits test set: 1797 rows of 64 pixels + label
+DIGITS_TRAIN = 1500  # the first 1500 rows train, the last 297 test (the file has no split of its own)
 
 
 class _Cifar(NamedTuple):
@@ -111,6 +116,8 @@ def _source(name: str, folder: pathlib.Path) -> pathlib.Path | None:
         return _extracted_or_archive(folder, c.folder, (*c.train, c.test), c.archive)
     if name == "tiny_imagenet":
         return _extracted_or_archive(folder, _TINY, _TINY_MARKS, f"{_TINY}.zip")
+    if name == "digits":
+        return folder / _DIGITS if (folder / _DIGITS).is_file() else None
     return folder if all((folder / f).is_file() for f in _IDX_FILES) else None
 
 
@@ -120,6 +127,8 @@ def _required(name: str) -> str:
         return f"{c.archive} (or its extracted {c.folder}/ with {', '.join((*c.train, c.test))})"
     if name == "tiny_imagenet":
         return f"{_TINY}.zip (or its extracted {_TINY}/ with {', '.join(_TINY_MARKS)}, train/)"
+    if name == "digits":
+        return f"{_DIGITS} (pip install scikit-learn, which ships it)"
     return ", ".join(_IDX_FILES)
 
 
@@ -129,8 +138,15 @@ def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
     if root:
         return [pathlib.Path(root).expanduser(), pathlib.Path(root).expanduser() / name]
     given = [pathlib.Path(d).expanduser() for d in (os.environ.get(ENV_VAR),) if d]
+    shipped = [_sklearn_data()] if name == "digits" and _sklearn_data() else []
     return [*(p for d in given for p in (d, d / name)),
-            SYSTEM_DIR / _SYSTEM_NAMES[name], _home_cache(name)]
+            SYSTEM_DIR / _SYSTEM_NAMES[name], _home_cache(name), *shipped]
+
+
+def _sklearn_data() -> pathlib.Path | None:
+    """The data folder of an installed scikit-learn (found without importing it), or None."""
+    spec = importlib.util.find_spec("sklearn")
+    return pathlib.Path(spec.origin).parent / "datasets" / "data" if spec and spec.origin else None
 
 
 def _online(url: str) -> bool:
@@ -154,8 +170,8 @@ def find_root(name: str, root: str | None) -> pathlib.Path:
         if _source(name, folder) is not None:
             return folder
     dest = pathlib.Path(root).expanduser() if root else folders[-1]
-    problem = "and the download host is unreachable"
-    if _online(fetch.host(name)):
+    problem = "and the download host is unreachable" if name in fetch.FILES else "and it has no download"
+    if name in fetch.FILES and _online(fetch.host(name)):
         try:
             fetch.fetch(name, dest)
             if _source(name, dest) is not None:
@@ -187,6 +203,18 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
 def _load_idx(folder: pathlib.Path):
     x_train, y_train, x_test, y_test = (_read_idx(folder / f) for f in _IDX_FILES)
     return x_train[..., None], y_train, x_test[..., None], y_test, 10
+
+
+def _load_digits(path: pathlib.Path):
+    """Rows of 64 pixel values (0–16, an 8×8 image row by row) and the label 0–9; split at `DIGITS_TRAIN`."""
+    try:
+        rows = np.loadtxt(path, delimiter=",", ndmin=2)
+        if rows.shape[1] != 65 or len(rows) <= DIGITS_TRAIN:
+            raise ValueError(f"{rows.shape[0]} rows of {rows.shape[1]} values, expected > {DIGITS_TRAIN} rows of 65")
+    except (OSError, EOFError, ValueError) as err:
+        raise DataFileError(f"{path}: not a readable digits .csv.gz file ({_one_line(err)})") from err
+    x, y = rows[:, :64].reshape(-1, 8, 8, 1), rows[:, 64].astype(np.int32)
+    return x[:DIGITS_TRAIN], y[:DIGITS_TRAIN], x[DIGITS_TRAIN:], y[DIGITS_TRAIN:], 10
 
 
 def _load_cifar(name: str, source: pathlib.Path):
@@ -317,6 +345,8 @@ def load(name: str, root: str | None = None) -> Dataset:
         raw = _load_cifar(name, source)
     elif name == "tiny_imagenet":
         raw = _load_tiny(folder, source)
+    elif name == "digits":
+        raw = _load_digits(source)
     else:
         raw = _load_idx(source)
     x_train, y_train, x_test, y_test, k = raw
