@@ -1,7 +1,7 @@
 """Every paper-scale experiment (`+exp=figN`, not `_cpu`) runs its first cell for 3 steps at the paper's model size,
 on small files written here in the published formats (CIFAR-10 pickles, WikiText's raw layout): configs that have
 never met a GPU are known to compose, build, compile and train. Slow: WRN-16-4 steps take seconds on a CPU; all 27
-take about 25 minutes on 2 cores (fig16's λᴴ-every-step WRN-16-4 cell alone 4 min)."""
+take about half an hour on 2 cores (fig16's λᴴ-every-step WRN-16-4 cell alone 4 min)."""
 import pytest
 
 from warmup import config, records
