@@ -48,8 +48,9 @@ for run in sorted(load_runs(args.sweep_dir), key=lambda r: (lookup(r.config, "pa
     if s.get("status") == "diverged":
         line += f" diverged at step {s['diverged_step']}"
     else:
-        late = m.iloc[int(0.8 * len(m)):]
-        line += f" late λᴴη={np.nanmean(late.sharpness * late.lr):.3g} final loss={s['final_train_loss']:.3g}"
+        late = (m.sharpness * m.lr).iloc[int(0.8 * len(m)):].dropna()
+        line += f" late λᴴη={late.mean():.3g}" if len(late) else " late λᴴη=n/a (not measured)"
+        line += f" final loss={s['final_train_loss']:.3g}"
     events = catapults(m.train_loss.to_numpy())
     line += f" catapults={len(events)}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in events[:4])
     print(line)

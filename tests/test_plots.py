@@ -282,6 +282,15 @@ def test_a_cell_of_several_seeds_prints_the_fraction_that_diverged_or_failed():
     assert sorted(round(p.get_x() + 0.5) for p in ax.patches) == [1, 2]  # mostly diverged: hatched
 
 
+def test_panels_of_momentum_and_decay_are_titled_with_their_setting():
+    table = pd.DataFrame([{"optimizer.momentum": m, "schedule.decay": d, "warmup_steps": 1, "lr_trgt_scale": 1,
+                           "status": "converged", "best_test_acc": 0.8} for m in (0.0, 0.9) for d in (False, True)])
+    fig = plots.phase_diagram(table, rows_by="optimizer.momentum", cols_by="schedule.decay")
+    assert [ax.get_title() for ax in fig.axes if ax.images] == [
+        "momentum β = 0 · no decay", "momentum β = 0 · cosine decay",
+        "momentum β = 0.9 · no decay", "momentum β = 0.9 · cosine decay"]
+
+
 def test_tick_labels_name_powers_of_two_on_their_decade():
     assert plots._tick_labels([0.00016 * 2 ** i for i in range(3)]) == [
         r"$2^{4}\cdot10^{-5}$", r"$2^{5}\cdot10^{-5}$", r"$2^{6}\cdot10^{-5}$"]

@@ -73,7 +73,13 @@ LABELS = {"sp": "SP", "mup": "μP", "sgd": "SGD", "adam": "Adam", "gi_adam": "GI
           "radam": "RAdam", "mse": "MSE", "xent": "cross-entropy"}
 
 
-def _label(value) -> str:
+KEY_LABELS = {"optimizer.momentum": lambda v: f"momentum β = {v:g}",
+              "schedule.decay": lambda v: "cosine decay" if v else "no decay"}  # panels of a value that needs its key
+
+
+def _label(value, key: str | None = None) -> str:
+    if key in KEY_LABELS:
+        return KEY_LABELS[key](value)
     return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
 
 
@@ -314,7 +320,8 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
             ax.set_yticks(range(len(ys)), [f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in ys], fontsize=7)
             ax.set_xlabel(AXIS_LABELS.get(x, x))
             ax.set_ylabel(AXIS_LABELS.get(y, y))
-            ax.set_title(" · ".join(_label(v) for v in (row, col) if v is not None), fontsize=10)
+            ax.set_title(" · ".join(_label(v, k) for k, v in ((rows_by, row), (cols_by, col)) if v is not None),
+                         fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.8, label=VALUE_LABELS.get(value, "" if value == "_value" else value))
     _suptitle(fig, title)
     return fig
