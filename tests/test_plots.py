@@ -185,6 +185,12 @@ def test_trajectory_legend_names_diverged_and_failed_runs_and_marks_divergence()
     assert labels == [r"$T_{\rm wrm}$ = 1 (diverged)", r"$T_{\rm wrm}$ = 64 (failed)", r"$T_{\rm wrm}$ = 256"]
     crosses = [line for line in ax.lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_ydata()) == [1e4]
+    # seeds share their colour and one legend entry, which counts the seeds that diverged or failed
+    seeds = runs + [run(1, "converged", [1.0, 0.6, 0.2]), run(64, "failed", [1.0, 2.3, 2.3])]
+    ax = plots.trajectory_figure(seeds, [plots.PANELS["loss"]], rows_by="param.name",
+                                 color_by="schedule.warmup_steps").axes[0]
+    labels = [line.get_label() for line in ax.lines if not line.get_label().startswith("_")]
+    assert labels == [r"$T_{\rm wrm}$ = 1 (1/2 diverged)", r"$T_{\rm wrm}$ = 64 (2/2 failed)", r"$T_{\rm wrm}$ = 256"]
 
 
 def write_record(run_dir, config, metrics, status="converged"):

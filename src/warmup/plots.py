@@ -120,18 +120,21 @@ def _draw_run(axes, panels: list[Panel], run: Run, color, label: str) -> None:
 
 def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, color_by: str, title: str = "",
                       color_label: str = r"$T_{\rm wrm}$"):
-    """Rows: one per value of `rows_by` (e.g. param.name); columns: panels; one colour per value of `color_by`.
-    Every panel has its own y-range, set by its row's runs alone (SP's and μP's λᴴ differ by orders of magnitude);
-    the legend names diverged and failed runs."""
+    """Rows: one per value of `rows_by` (e.g. param.name); columns: panels; one colour per value of `color_by` (its
+    seeds share it). Every panel has its own y-range, set by its row's runs alone (SP's and μP's λᴴ differ by orders
+    of magnitude); the legend names diverged and failed runs, with the count of seeds that did."""
     row_values = sorted({lookup(r.config, rows_by) for r in runs}, key=str)
     colors = _colors(runs, color_by)
     fig, axes = plt.subplots(len(row_values), len(panels), figsize=(4.2 * len(panels), 3.2 * len(row_values)),
                              squeeze=False, constrained_layout=True)
     for i, row in enumerate(row_values):
         row_runs = sorted((r for r in runs if lookup(r.config, rows_by) == row), key=lambda r: lookup(r.config, color_by))
+        labelled = set()
         for run in row_runs:
-            value, status = lookup(run.config, color_by), run.summary.get("status")
-            label = f"{color_label} = {value}" + (f" ({status})" if status in ("diverged", "failed") else "")
+            value = lookup(run.config, color_by)
+            label = f"_{value}" if value in labelled else _legend_label(
+                color_label, value, [r.summary.get("status") for r in row_runs if lookup(r.config, color_by) == value])
+            labelled.add(value)
             _draw_run(axes[i], panels, run, colors[value], label)
         for ax, panel in zip(axes[i], panels):
             ax.set_xscale("log")
@@ -144,6 +147,14 @@ def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, col
         axes[i][0].legend(fontsize=8, loc="best")
     _suptitle(fig, title)
     return fig
+
+
+def _legend_label(color_label: str, value, statuses: list) -> str:
+    """One legend entry per colour: "T_wrm = 1 (diverged)" for one run; with several seeds, how many diverged or
+    failed ("T_wrm = 1 (2/3 diverged)")."""
+    bad = [f"{statuses.count(s)}/{len(statuses)} {s}" if len(statuses) > 1 else s
+           for s in ("diverged", "failed") if s in statuses]
+    return f"{color_label} = {value}" + (f" ({', '.join(bad)})" if bad else "")
 
 
 def _set_ylim(ax, runs: list[Run], panel: Panel) -> None:
