@@ -4,9 +4,8 @@ batching and augmentation.
 Host side (numpy): `load` reads the published files — MNIST / Fashion-MNIST IDX `.gz`, CIFAR-10/100 python
 pickles (extracted folder or the `.tar.gz` itself), Tiny-ImageNet JPEGs (extracted folder or the `.zip` itself,
 decoded once into an `.npz` cache), the 8×8 digits `digits.csv.gz` that scikit-learn ships — and standardises each
-image on its own; `subset` takes a
-seeded training subset. Device side (jax, pure, jit- and vmap-able): `draw_batch` and `augment` draw a
-minibatch and its augmentation from a PRNG key inside the compiled training step.
+image on its own; `subset` takes a seeded training subset. Device side (jax, pure, jit- and vmap-able):
+`draw_batch` and `augment` draw a minibatch and its augmentation from a PRNG key inside the compiled training step.
 
 Files are looked up under `data.root` (or its `<name>/`) when it is given, and nowhere else; otherwise under
 `$WARMUP_DATA_DIR` (or its `<name>/`), `/usr/share/datasets/<name>` and `~/.cache/warmup/<name>`. If none holds
@@ -138,9 +137,9 @@ def _candidates(name: str, root: str | None) -> list[pathlib.Path]:
     if root:
         return [pathlib.Path(root).expanduser(), pathlib.Path(root).expanduser() / name]
     given = [pathlib.Path(d).expanduser() for d in (os.environ.get(ENV_VAR),) if d]
-    shipped = [_sklearn_data()] if name == "digits" and _sklearn_data() else []
+    shipped = _sklearn_data() if name == "digits" else None
     return [*(p for d in given for p in (d, d / name)),
-            SYSTEM_DIR / _SYSTEM_NAMES[name], _home_cache(name), *shipped]
+            SYSTEM_DIR / _SYSTEM_NAMES[name], _home_cache(name), *([shipped] if shipped else [])]
 
 
 def _sklearn_data() -> pathlib.Path | None:
