@@ -107,7 +107,8 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
                             text=True, env=CLI_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     panels = [k for k in (cfg.exp.rows_by, cfg.exp.cols_by) if k]
-    sizes = [1 if k == "param" else len(str(cfg.hydra.sweeper.params[k]).split(",")) for k in panels]
+    pinned = {"param", "steps"}  # one parameterisation and train.steps=12 above, whatever the experiment sweeps
+    sizes = [1 if k in pinned else len(str(cfg.hydra.sweeper.params[k]).split(",")) for k in panels]
     assert len(list(sweep.rglob("summary.json"))) == 4 * int(np.prod(sizes))
     assert (sweep / f"{name}.png").stat().st_size > 10_000
     fig, rendered = plots.experiment_figure(sweep)
@@ -230,6 +231,20 @@ def test_trajectory_rows_have_their_own_y_range_with_the_late_threshold_inside(t
     assert mup.get_ylim()[1] < 1.0  # SP's λᴴ is not in μP's range
 
 
+def test_trajectory_rows_by_several_keys_give_a_row_per_combination(tmp_path):
+    exp = {**TRAJECTORY, "rows_by": ["param.name", "loss.name"], "color_by": "data.num_examples"}
+    for param in ("sp", "mup"):
+        for loss in ("mse", "xent"):
+            for n in (800, 5000):
+                write_record(tmp_path / f"{param}_{loss}_{n}", {"param": {"name": param}, "loss": {"name": loss},
+                                                                "data": {"num_examples": n}, "exp": exp},
+                             warmup_metrics(0.01, 1, 1.0))
+    fig, _ = plots.experiment_figure(tmp_path)
+    assert [ax.get_title() for ax in fig.axes[::2]] == ["μP · MSE", "μP · cross-entropy", "SP · MSE",
+                                                        "SP · cross-entropy"]
+    assert all(len([line for line in ax.lines if not line.get_label().startswith("_")]) == 2 for ax in fig.axes[::2])
+
+
 def test_a_quantity_measured_every_k_steps_is_drawn_with_dots(tmp_path):
     write_record(tmp_path / "run", {"param": {"name": "sp"}, "schedule": {"warmup_steps": 16}, "exp": TRAJECTORY},
                  warmup_metrics(0.01, 16, 1.0, every=8))
@@ -295,6 +310,10 @@ def test_panels_of_momentum_and_decay_are_titled_with_their_setting():
     assert [ax.get_title() for ax in fig.axes if ax.images] == [
         "momentum β = 0 · no decay", "momentum β = 0 · cosine decay",
         "momentum β = 0.9 · no decay", "momentum β = 0.9 · cosine decay"]
+    table = pd.DataFrame([{"steps": steps, "warmup_steps": 1, "lr_trgt_scale": 1, "status": "converged",
+                           "best_test_acc": 0.8} for steps in (1000, 4000)])
+    assert [ax.get_title() for ax in plots.phase_diagram(table, cols_by="steps").axes if ax.images] == [
+        "T = 1000 steps", "T = 4000 steps"]
 
 
 def test_tick_labels_name_powers_of_two_on_their_decade():

@@ -73,7 +73,7 @@ LABELS = {"sp": "SP", "mup": "μP", "sgd": "SGD", "adam": "Adam", "gi_adam": "GI
           "radam": "RAdam", "mse": "MSE", "xent": "cross-entropy"}
 
 
-KEY_LABELS = {"optimizer.momentum": lambda v: f"momentum β = {v:g}",
+KEY_LABELS = {"optimizer.momentum": lambda v: f"momentum β = {v:g}", "steps": lambda v: f"T = {v} steps",
               "schedule.decay": lambda v: "cosine decay" if v else "no decay"}  # panels of a value that needs its key
 
 
@@ -118,17 +118,19 @@ def _draw_run(axes, panels: list[Panel], run: Run, color, label: str) -> None:
             ax.plot(thr.step + 1, scale * thr[column], style, color=color, lw=0.9, alpha=0.8)
 
 
-def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, color_by: str, title: str = "",
+def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str | list[str], color_by: str, title: str = "",
                       color_label: str = r"$T_{\rm wrm}$"):
-    """Rows: one per value of `rows_by` (e.g. param.name); columns: panels; one colour per value of `color_by` (its
-    seeds share it). Every panel has its own y-range, set by its row's runs alone (SP's and μP's λᴴ differ by orders
-    of magnitude); the legend names diverged and failed runs, with the count of seeds that did."""
-    row_values = sorted({lookup(r.config, rows_by) for r in runs}, key=str)
+    """Rows: one per value of `rows_by` (e.g. param.name), or per combination of a list of keys; columns: panels;
+    one colour per value of `color_by` (its seeds share it). Every panel has its own y-range, set by its row's runs
+    alone (SP's and μP's λᴴ differ by orders of magnitude); the legend names diverged and failed runs, with the count of seeds that did."""
+    row_keys = [rows_by] if isinstance(rows_by, str) else list(rows_by)
+    row_of = lambda run: tuple(lookup(run.config, key) for key in row_keys)
+    row_values = sorted({row_of(r) for r in runs}, key=str)
     colors = _colors(runs, color_by)
     fig, axes = plt.subplots(len(row_values), len(panels), figsize=(4.2 * len(panels), 3.2 * len(row_values)),
                              squeeze=False, constrained_layout=True)
     for i, row in enumerate(row_values):
-        row_runs = sorted((r for r in runs if lookup(r.config, rows_by) == row), key=lambda r: lookup(r.config, color_by))
+        row_runs = sorted((r for r in runs if row_of(r) == row), key=lambda r: lookup(r.config, color_by))
         labelled = set()
         for run in row_runs:
             value = lookup(run.config, color_by)
@@ -142,7 +144,7 @@ def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str, col
                 ax.set_yscale("log")
             ax.set_xlabel("step $t$")
             ax.set_ylabel(panel.label)
-            ax.set_title(f"{_label(row)}", fontsize=10)
+            ax.set_title(" · ".join(_label(value, key) for key, value in zip(row_keys, row)), fontsize=10)
             _set_ylim(ax, row_runs, panel)
         axes[i][0].legend(fontsize=8, loc="best")
     _suptitle(fig, title)
