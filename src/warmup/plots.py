@@ -83,6 +83,14 @@ def _label(value, key: str | None = None) -> str:
     return LABELS.get(value, str(value)) if isinstance(value, str) else str(value)
 
 
+def _ordered(values) -> list:
+    """Panel values in order: numbers by size (T = 400 before 1600), anything else by its text."""
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
 def _persistent(run: Run) -> bool:
     return run.config.get("schedule", {}).get("init") == "persistent"
 
@@ -125,7 +133,7 @@ def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str | li
     alone (SP's and μP's λᴴ differ by orders of magnitude); the legend names diverged and failed runs, with the count of seeds that did."""
     row_keys = [rows_by] if isinstance(rows_by, str) else list(rows_by)
     row_of = lambda run: tuple(lookup(run.config, key) for key in row_keys)
-    row_values = sorted({row_of(r) for r in runs}, key=str)
+    row_values = _ordered({row_of(r) for r in runs})
     colors = _colors(runs, color_by)
     fig, axes = plt.subplots(len(row_values), len(panels), figsize=(4.2 * len(panels), 3.2 * len(row_values)),
                              squeeze=False, constrained_layout=True)
@@ -307,8 +315,8 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     by = [k for k in (rows_by, cols_by) if k]
     cells = cell_table(table, value, x, y, by, planned)
     xs, ys = sorted(cells[x].dropna().unique()), sorted(cells[y].dropna().unique())
-    row_values = sorted(cells[rows_by].unique(), key=str) if rows_by else [None]
-    col_values = sorted(cells[cols_by].unique(), key=str) if cols_by else [None]
+    row_values = _ordered(cells[rows_by].unique()) if rows_by else [None]
+    col_values = _ordered(cells[cols_by].unique()) if cols_by else [None]
     coloured = cells.value[cells.status.isin(TRAINED) & np.isfinite(cells.value.astype(float))]
     vmin, vmax = (coloured.min(), coloured.max()) if len(coloured) else (0, 1)
     reverse = any(w in value for w in LOWER_IS_BETTER)
