@@ -107,7 +107,7 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
                             text=True, env=CLI_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     panels = [k for k in (cfg.exp.rows_by, cfg.exp.cols_by) if k]
-    pinned = {"param", "steps"}  # one parameterisation and train.steps=12 above, whatever the experiment sweeps
+    pinned = {"param", "steps", "width"}  # one parameterisation, train.steps=12, model.width=8 above
     sizes = [1 if k in pinned else len(str(cfg.hydra.sweeper.params[k]).split(",")) for k in panels]
     assert len(list(sweep.rglob("summary.json"))) == 4 * int(np.prod(sizes))
     assert (sweep / f"{name}.png").stat().st_size > 10_000
