@@ -99,7 +99,8 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
     data = (tiny_lm_data(text_root) if cfg.model.name == "transformer" else
             [f"data.root={data_root}", "data.num_examples=64", "data.batch_size=16", "data.measure_examples=32",
              *(["data=fashion_mnist"] if cfg.data.name == "digits" else [])])  # digits: tests/test_data.py
-    args = [f"+exp={name}", *data, "model.width=8", "model.depth=2", "train.steps=12", "train.chunk_steps=6",
+    size = ["model.width=1", "model.depth=10"] if cfg.model.name == "wrn" else ["model.width=8", "model.depth=2"]
+    args = [f"+exp={name}", *data, *size, "train.steps=12", "train.chunk_steps=6",
             "train.eval_every=6", "train.eval_batch=100", f"hydra.sweep.dir={sweep}", "schedule.warmup_steps=1,4",
             "param=sp",  # one parameterisation: fig3's SP/μP panels would double the cost
             f"{x_key}=0.01,1000" if x_key == "schedule.lr_trgt" else f"{x_key}=1,1000"]
@@ -107,7 +108,7 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
                             text=True, env=CLI_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     panels = [k for k in (cfg.exp.rows_by, cfg.exp.cols_by) if k]
-    pinned = {"param", "steps", "width"}  # one parameterisation, train.steps=12, model.width=8 above
+    pinned = {"param", "steps", "width"}  # one parameterisation, train.steps=12 and the model's size above
     sizes = [1 if k in pinned else len(str(cfg.hydra.sweeper.params[k]).split(",")) for k in panels]
     assert len(list(sweep.rglob("summary.json"))) == 4 * int(np.prod(sizes))
     assert (sweep / f"{name}.png").stat().st_size > 10_000
