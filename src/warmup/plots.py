@@ -74,6 +74,7 @@ LABELS = {"sp": "SP", "mup": "μP", "sgd": "SGD", "adam": "Adam", "gi_adam": "GI
 
 
 KEY_LABELS = {"optimizer.momentum": lambda v: f"momentum β = {v:g}", "steps": lambda v: f"T = {v} steps",
+              "width": lambda v: f"n = {v}",
               "schedule.decay": lambda v: "cosine decay" if v else "no decay"}  # panels of a value that needs its key
 
 
