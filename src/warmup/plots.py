@@ -127,13 +127,17 @@ def _draw_run(axes, panels: list[Panel], run: Run, color, label: str) -> None:
             ax.plot(thr.step + 1, scale * thr[column], style, color=color, lw=0.9, alpha=0.8)
 
 
-def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str | list[str], color_by: str, title: str = "",
-                      color_label: str = r"$T_{\rm wrm}$"):
+def trajectory_figure(runs: list[Run], panels: list[Panel], *, rows_by: str | list[str], color_by: str,
+                      title: str = "", color_label: str = r"$T_{\rm wrm}$"):
     """Rows: one per value of `rows_by` (e.g. param.name), or per combination of a list of keys; columns: panels;
     one colour per value of `color_by` (its seeds share it). Every panel has its own y-range, set by its row's runs
-    alone (SP's and μP's λᴴ differ by orders of magnitude); the legend names diverged and failed runs, with the count of seeds that did."""
+    alone (SP's and μP's λᴴ differ by orders of magnitude); the legend names diverged and failed runs, with the count
+    of seeds that did."""
     row_keys = [rows_by] if isinstance(rows_by, str) else list(rows_by)
-    row_of = lambda run: tuple(lookup(run.config, key) for key in row_keys)
+
+    def row_of(run: Run) -> tuple:
+        return tuple(lookup(run.config, key) for key in row_keys)
+
     row_values = _ordered({row_of(r) for r in runs})
     colors = _colors(runs, color_by)
     fig, axes = plt.subplots(len(row_values), len(panels), figsize=(4.2 * len(panels), 3.2 * len(row_values)),
