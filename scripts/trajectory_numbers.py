@@ -1,12 +1,16 @@
 """Print the numbers an experiments/ note quotes, from a sweep's run records (no training).
 
-    python scripts/trajectory_numbers.py multirun/fig1_cpu
+    python scripts/trajectory_numbers.py multirun/fig1_cpu [--seeds]
 
 Per run: status, λ₀ᴴ (and λ^{P⁻¹H} at step 0 for the Adam family), η_trgt, the catapults (loss rising more than 1.2× above
 its running minimum: start step, peak step, peak/minimum ratio), and the late-time λᴴ_t·η_t (mean over the last 20%
 of steps; 2 means λᴴ sits at the GD threshold 2/η).
+With --seeds, runs whose configs differ only in `seed` are summarised together: how many diverged, and mean ± std
+over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη, the final loss, the number of catapults and the first one's step and size.
 """
 import argparse
+import json
+import re
 
 import numpy as np
 
@@ -31,26 +35,78 @@ def catapults(loss: np.ndarray, factor: float = 1.2) -> list[tuple[int, int, flo
     return events
 
 
+def numbers(run) -> dict:
+    """The quoted numbers of one finished run (NaN where a run has none, e.g. no catapult)."""
+    m, s = run.metrics[run.metrics.lr.notna()], run.summary
+    pre = m.pre_sharpness.dropna()
+    late = (m.sharpness * m.lr).iloc[int(0.8 * len(m)):].dropna()
+    events = catapults(m.train_loss.to_numpy())
+    diverged = s.get("status") == "diverged"
+    return {"status": s.get("status"), "lambda0": s["lambda0"], "lr_trgt": s["lr_trgt"],
+            "warmup_steps": s["warmup_steps"], "pre0": pre.iloc[0] if len(pre) else np.nan,
+            "diverged_step": s["diverged_step"] if diverged else np.nan,
+            "late": np.nan if diverged or not len(late) else late.mean(),
+            "final_loss": np.nan if diverged else s["final_train_loss"],
+            "events": events, "catapults": len(events),
+            "first_t": events[0][0] if events else np.nan, "first_ratio": events[0][2] if events else np.nan}
+
+
+def run_line(name: str, n: dict) -> str:
+    line = f"{name:>12}: {n['status']:9} λ₀ᴴ={n['lambda0']:.4g} η_trgt={n['lr_trgt']:.4g} T_wrm={n['warmup_steps']}"
+    if not np.isnan(n["pre0"]):
+        line += f" λ^(P⁻¹H)_0={n['pre0']:.3g}"
+    if n["status"] == "diverged":
+        line += f" diverged at step {n['diverged_step']}"
+    else:
+        line += f" late λᴴη={n['late']:.3g}" if not np.isnan(n["late"]) else " late λᴴη=n/a (not measured)"
+        line += f" final loss={n['final_loss']:.3g}"
+    return line + f" catapults={n['catapults']}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in n["events"][:4])
+
+
+def mean_std(values, fmt: str = ".3g") -> str:
+    """'mean ± std (k of n)' over the finite values (sample std, ddof = 1), k of n when some are missing."""
+    values = np.asarray(values, float)
+    finite = values[np.isfinite(values)]
+    text = f"{finite.mean():{fmt}} ± {finite.std(ddof=1) if len(finite) > 1 else 0:{fmt}}"
+    return text + (f" ({len(finite)} of {len(values)})" if len(finite) < len(values) else "")
+
+
+def seeds_line(name: str, group: list[dict]) -> str:
+    diverged = [n["diverged_step"] for n in group if n["status"] == "diverged"]
+    line = f"{name:>12}: {len(group)} seeds, {len(diverged)} diverged"
+    line += f" (steps {', '.join(str(int(t)) for t in diverged)})" if diverged else ""
+    for key, label in (("lambda0", "λ₀ᴴ"), ("pre0", "λ^(P⁻¹H)_0"), ("late", "late λᴴη"), ("final_loss", "final loss"),
+                       ("catapults", "catapults"), ("first_t", "first catapult t"), ("first_ratio", "its size ×")):
+        at_init = key in ("lambda0", "pre0")  # a diverged run's other numbers are its divergence, not a catapult
+        values = [n[key] for n in group if at_init or n["status"] != "diverged"]
+        if np.isfinite(np.asarray(values, float)).any():
+            line += f"; {label} {mean_std(values)}"
+    return line
+
+
+def without_seed(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("sweep_dir")
+parser.add_argument("--seeds", action="store_true", help="summarise runs that differ only in their seed")
 args = parser.parse_args()
-for run in sorted(load_runs(args.sweep_dir), key=lambda r: (lookup(r.config, "param.name"),
-                                                            lookup(r.config, "schedule.warmup_steps"))):
-    m = run.metrics[run.metrics.lr.notna()]
-    s = run.summary
-    if s.get("status") == "running":
-        print(f"{run.path.name:>12}: running ({s['steps_completed']} steps so far)")
-        continue
-    line = (f"{run.path.name:>12}: {s.get('status'):9} λ₀ᴴ={s['lambda0']:.4g} η_trgt={s['lr_trgt']:.4g} "
-            f"T_wrm={s['warmup_steps']}")
-    if m.pre_sharpness.notna().any():
-        line += f" λ^(P⁻¹H)_0={m.pre_sharpness.dropna().iloc[0]:.3g}"
-    if s.get("status") == "diverged":
-        line += f" diverged at step {s['diverged_step']}"
+runs = sorted(load_runs(args.sweep_dir), key=lambda r: (lookup(r.config, "param.name"),
+                                                        lookup(r.config, "schedule.warmup_steps"), r.path.name))
+finished = []
+for run in runs:
+    if run.summary.get("status") == "running":
+        print(f"{run.path.name:>12}: running ({run.summary['steps_completed']} steps so far)")
     else:
-        late = (m.sharpness * m.lr).iloc[int(0.8 * len(m)):].dropna()
-        line += f" late λᴴη={late.mean():.3g}" if len(late) else " late λᴴη=n/a (not measured)"
-        line += f" final loss={s['final_train_loss']:.3g}"
-    events = catapults(m.train_loss.to_numpy())
-    line += f" catapults={len(events)}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in events[:4])
-    print(line)
+        finished.append((run, numbers(run)))
+if not args.seeds:
+    for run, n in finished:
+        print(run_line(run.path.name, n))
+else:
+    groups: dict[str, tuple[str, list[dict]]] = {}
+    for run, n in finished:
+        name = re.sub(r"_s\d+$", "", run.path.name)
+        groups.setdefault(without_seed(run.config), (name, []))[1].append(n)
+    for name, group in groups.values():
+        print(seeds_line(name, group))
