@@ -305,7 +305,7 @@ def test_a_cell_of_several_seeds_prints_the_fraction_that_diverged_or_failed():
     assert sorted(round(p.get_x() + 0.5) for p in ax.patches) == [1, 2]  # mostly diverged: hatched
 
 
-def test_panels_of_momentum_decay_steps_and_width_are_titled_with_their_setting():
+def test_panels_of_momentum_decay_steps_width_and_norm_are_titled_with_their_setting():
     table = pd.DataFrame([{"optimizer.momentum": m, "schedule.decay": d, "warmup_steps": 1, "lr_trgt_scale": 1,
                            "status": "converged", "best_test_acc": 0.8} for m in (0.0, 0.9) for d in (False, True)])
     fig = plots.phase_diagram(table, rows_by="optimizer.momentum", cols_by="schedule.decay")
@@ -318,6 +318,9 @@ def test_panels_of_momentum_decay_steps_and_width_are_titled_with_their_setting(
         "T = 400 steps", "T = 1600 steps"]  # by size, not as text
     assert [ax.get_title() for ax in plots.phase_diagram(table.rename(columns={"steps": "width"}), cols_by="width").axes
             if ax.images] == ["n = 400", "n = 1600"]
+    table = table.rename(columns={"steps": "model.norm"}).assign(**{"model.norm": ["pre", "pre_no_final"]})
+    assert [ax.get_title() for ax in plots.phase_diagram(table, cols_by="model.norm").axes if ax.images] == [
+        "Pre-LN", "Pre-LN, no final LN"]
 
 
 def test_tick_labels_name_powers_of_two_on_their_decade():

@@ -70,7 +70,8 @@ def load_runs(sweep_dir) -> list[Run]:
 
 
 LABELS = {"sp": "SP", "mup": "μP", "sgd": "SGD", "adam": "Adam", "gi_adam": "GI-Adam", "ri_adam": "RI-Adam",
-          "radam": "RAdam", "mse": "MSE", "xent": "cross-entropy"}
+          "radam": "RAdam", "mse": "MSE", "xent": "cross-entropy",
+          "pre": "Pre-LN", "pre_no_final": "Pre-LN, no final LN", "post": "Post-LN"}
 
 
 KEY_LABELS = {"optimizer.momentum": lambda v: f"momentum β = {v:g}", "steps": lambda v: f"T = {v} steps",
