@@ -369,5 +369,6 @@ def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
             "transformer": f"LM-{model.depth}-{width}"}[model.name] in title
     assert {"fashion_mnist": f"{examples} Fashion-MNIST images", "digits": f"{examples} 8×8 digits"}.get(
         data.name, "pydoc corpus") in title
-    assert f"B = {data.batch_size}" in title if data.batch_size else ("GD" in title or "full batch" in title)
+    batch = " / ".join(str(swept["data.batch_size"]).split(",")) if "data.batch_size" in swept else data.batch_size
+    assert f"B = {batch}" in title if batch else ("GD" in title or "full batch" in title)  # a batch trend lists its Bs
     assert all(int(n) == data.measure_examples for n in re.findall(r"(\d+) examples", title))
