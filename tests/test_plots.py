@@ -285,6 +285,9 @@ def test_phase_diagram_prints_failed_values_and_hatches_diverged_cells_uncoloure
         assert [(round(p.get_x() + 0.5), p.get_hatch()) for p in ax.patches] == [(2, "///")]
         assert [t.get_text() for t in ax.texts] == texts
     value, mark = accuracy.texts[1:]  # the failed cell: its value above its F
+    loss = next(ax for ax in plots.phase_diagram(table.assign(final_test_loss=[4.966, 5.0, np.nan]),
+                                                 value="final_test_loss").axes if ax.images)
+    assert [t.get_text() for t in loss.texts] == ["4.97", "5", "F"]  # losses keep three digits
     assert value.get_position()[0] == mark.get_position()[0] == 1 and value.get_position()[1] > mark.get_position()[1]
 
 

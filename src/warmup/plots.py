@@ -328,7 +328,8 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     reverse = any(w in value for w in LOWER_IS_BETTER)
     cmap = plt.get_cmap("viridis_r" if reverse else "viridis").with_extremes(bad="white")
     dark = lambda v: ((v - vmin) / ((vmax - vmin) or 1) < 0.5) != reverse  # the cell's colour is in viridis' dark half
-    number = None if len(xs) > 16 else (lambda v: f"{100 * v:.0f}") if "acc" in value else (lambda v: f"{v:.2g}")
+    digits = 3 if "loss" in value else 2  # LM test losses differ in the second decimal (5.07 vs 5.09)
+    number = None if len(xs) > 16 else (lambda v: f"{100 * v:.0f}") if "acc" in value else (lambda v: f"{v:.{digits}g}")
     fig, axes = plt.subplots(len(row_values), len(col_values), squeeze=False, constrained_layout=True,
                              figsize=(4.5 * len(col_values) + 1.2, (0.4 * len(ys) + 1.6) * len(row_values) + 0.4))
     for i, row in enumerate(row_values):
