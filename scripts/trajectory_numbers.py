@@ -5,7 +5,7 @@
 Per run: status, λ₀ᴴ (and λ^{P⁻¹H} at step 0 for the Adam family), η_trgt, the catapults (loss rising more than 1.2× above
 its running minimum: start step, peak step, peak/minimum ratio), and the late-time λᴴ_t·η_t (mean over the last 20%
 of steps; 2 means λᴴ sits at the GD threshold 2/η).
-With --seeds, runs whose configs differ only in `seed` are summarised together: how many diverged, and mean ± std
+With --seeds, runs whose configs differ only in `seed` are summarised together: how many diverged or failed, mean ± std
 over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη, the final loss, the number of catapults and the first one's step and size.
 """
 import argparse
@@ -75,6 +75,7 @@ def seeds_line(name: str, group: list[dict]) -> str:
     diverged = [n["diverged_step"] for n in group if n["status"] == "diverged"]
     line = f"{name:>12}: {len(group)} seeds, {len(diverged)} diverged"
     line += f" (steps {', '.join(str(int(t)) for t in diverged)})" if diverged else ""
+    line += f", {sum(n['status'] == 'failed' for n in group)} failed"
     for key, label in (("lambda0", "λ₀ᴴ"), ("pre0", "λ^(P⁻¹H)_0"), ("late", "late λᴴη"), ("final_loss", "final loss"),
                        ("catapults", "catapults"), ("first_t", "first catapult t"), ("first_ratio", "its size ×")):
         at_init = key in ("lambda0", "pre0")  # a diverged run's other numbers are its divergence, not a catapult

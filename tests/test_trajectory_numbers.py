@@ -40,7 +40,7 @@ def test_seeds_are_summarised_as_mean_and_sample_std_and_divergence_is_not_a_cat
     per_run = numbers(tmp_path)
     assert len(per_run) == 3 and "catapults=1 [t=10→10, ×2.7]" in per_run[0] and "diverged at step 5" in per_run[2]
     (line,) = numbers(tmp_path, "--seeds")
-    assert line.strip().startswith("sp_T1: 3 seeds, 1 diverged (steps 5)")
+    assert line.strip().startswith("sp_T1: 3 seeds, 1 diverged (steps 5), 0 failed;")
     assert "λ₀ᴴ 30 ± 4;" in line  # all three seeds: mean 30, sample std 4
     assert "first catapult t 12 ± 2.83;" in line and "its size × 2.7 ± " in line  # the two that did not diverge
     assert "late λᴴη 1.9 ± 0" in line and "λ^(P⁻¹H)_0" not in line  # never measured: left out
