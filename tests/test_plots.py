@@ -304,7 +304,7 @@ def test_a_cell_of_several_seeds_prints_the_fraction_that_diverged_or_failed():
     assert cells.value[0] == pytest.approx(0.8) and cells.value[2] == pytest.approx(0.5)
     ax = next(ax for ax in plots.phase_diagram(table).axes if ax.images)
     assert list(ax.images[0].get_array().mask[0]) == [False, True, True]
-    assert [t.get_text() for t in ax.texts] == ["80", "D 1/3 F 1/3", "D 2/3"]
+    assert [t.get_text() for t in ax.texts] == ["80", "D 1/3\nF 1/3", "D 2/3"]
     assert sorted(round(p.get_x() + 0.5) for p in ax.patches) == [1, 2]  # mostly diverged: hatched
 
 

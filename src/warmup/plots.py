@@ -250,10 +250,11 @@ def cell_table(table: pd.DataFrame, value: str, x: str, y: str, by: list[str], p
 
 
 def seed_outcomes(cell) -> str:
-    """A cell of several seeds: the fraction that diverged (D) and failed (F), e.g. "D 1/3" ('' for one run or none)."""
+    """A cell of several seeds: the fraction that diverged (D) and failed (F), e.g. "D 1/3" ('' for one run or none);
+    both on two lines, which fit a narrow cell."""
     if cell.runs < 2:
         return ""
-    return " ".join(f"{mark} {k}/{cell.runs}" for mark, k in (("D", cell.diverged), ("F", cell.failed)) if k)
+    return "\n".join(f"{mark} {k}/{cell.runs}" for mark, k in (("D", cell.diverged), ("F", cell.failed)) if k)
 
 
 def _panel_grids(panel: pd.DataFrame, x: str, y: str, xs: list, ys: list):
