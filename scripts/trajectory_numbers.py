@@ -5,15 +5,16 @@
 Per run: status, λ₀ᴴ (and λ^{P⁻¹H} at step 0 for the Adam family), η_trgt, the catapults (loss rising more than 1.2× above
 its running minimum: start step, peak step, peak/minimum ratio), and the late-time λᴴ_t·η_t (mean over the last 20%
 of steps; 2 means λᴴ sits at the GD threshold 2/η).
-With --seeds, runs whose configs differ only in `seed` are summarised together: how many diverged or failed, mean ± std
+With --seeds, the runs of one cell (configs that differ only in `seed`, grouped as `collect.aggregate` does) are
+summarised together: how many diverged or failed, mean ± std
 over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη, the final loss, the number of catapults and the first one's step and size.
 """
 import argparse
-import json
 import re
 
 import numpy as np
 
+from warmup.collect import config_columns
 from warmup.plots import load_runs, lookup
 
 
@@ -85,8 +86,9 @@ def seeds_line(name: str, group: list[dict]) -> str:
     return line
 
 
-def without_seed(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+def cell(config: dict) -> frozenset:
+    """A run's cell as `collect.aggregate` groups it: its result-changing config columns without the seed."""
+    return frozenset((k, v) for k, v in config_columns(config).items() if k != "seed")
 
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,9 +107,9 @@ if not args.seeds:
     for run, n in finished:
         print(run_line(run.path.name, n))
 else:
-    groups: dict[str, tuple[str, list[dict]]] = {}
+    groups: dict[frozenset, tuple[str, list[dict]]] = {}
     for run, n in finished:
         name = re.sub(r"_s\d+$", "", run.path.name)
-        groups.setdefault(without_seed(run.config), (name, []))[1].append(n)
+        groups.setdefault(cell(run.config), (name, []))[1].append(n)
     for name, group in groups.values():
         print(seeds_line(name, group))
