@@ -4,10 +4,11 @@
 
 Per run: status, λ₀ᴴ (and λ^{P⁻¹H} at step 0 for the Adam family), η_trgt, the catapults (loss rising more than 1.2× above
 its running minimum: start step, peak step, peak/minimum ratio), and the late-time λᴴ_t·η_t (mean over the last 20%
-of steps; 2 means λᴴ sits at the GD threshold 2/η).
+of steps; 2 means λᴴ sits at the GD threshold 2/η) and, for the Adam family, the late λ^{P⁻¹H}_t over its threshold
+(38/η_t for Adam: 1 means it sits at the edge).
 With --seeds, the runs of one cell (configs that differ only in `seed`, grouped as `collect.aggregate` does) are
 summarised together: how many diverged or failed, mean ± std
-over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη, the final loss, the number of catapults and the first one's step and size.
+over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη and λ^{P⁻¹H}/threshold, the final loss, the number of catapults and the first one's step and size.
 """
 import argparse
 import re
@@ -41,12 +42,14 @@ def numbers(run) -> dict:
     m, s = run.metrics[run.metrics.lr.notna()], run.summary
     pre = m.pre_sharpness.dropna()
     late = (m.sharpness * m.lr).iloc[int(0.8 * len(m)):].dropna()
+    late_pre = (m.pre_sharpness / m.get("pre_sharpness_threshold", np.nan)).iloc[int(0.8 * len(m)):].dropna()
     events = catapults(m.train_loss.to_numpy())
     diverged = s.get("status") == "diverged"
     return {"status": s.get("status"), "lambda0": s["lambda0"], "lr_trgt": s["lr_trgt"],
             "warmup_steps": s["warmup_steps"], "pre0": pre.iloc[0] if len(pre) else np.nan,
             "diverged_step": s["diverged_step"] if diverged else np.nan,
             "late": np.nan if diverged or not len(late) else late.mean(),
+            "late_pre": np.nan if diverged or not len(late_pre) else late_pre.mean(),
             "final_loss": np.nan if diverged else s["final_train_loss"],
             "events": events, "catapults": len(events),
             "first_t": events[0][0] if events else np.nan, "first_ratio": events[0][2] if events else np.nan}
@@ -60,6 +63,7 @@ def run_line(name: str, n: dict) -> str:
         line += f" diverged at step {n['diverged_step']}"
     else:
         line += f" late λᴴη={n['late']:.3g}" if not np.isnan(n["late"]) else " late λᴴη=n/a (not measured)"
+        line += f" late λ^(P⁻¹H)/threshold={n['late_pre']:.3g}" if not np.isnan(n["late_pre"]) else ""
         line += f" final loss={n['final_loss']:.3g}"
     return line + f" catapults={n['catapults']}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in n["events"][:4])
 
@@ -77,7 +81,8 @@ def seeds_line(name: str, group: list[dict]) -> str:
     line = f"{name:>12}: {len(group)} seeds, {len(diverged)} diverged"
     line += f" (steps {', '.join(str(int(t)) for t in diverged)})" if diverged else ""
     line += f", {sum(n['status'] == 'failed' for n in group)} failed"
-    for key, label in (("lambda0", "λ₀ᴴ"), ("pre0", "λ^(P⁻¹H)_0"), ("late", "late λᴴη"), ("final_loss", "final loss"),
+    for key, label in (("lambda0", "λ₀ᴴ"), ("pre0", "λ^(P⁻¹H)_0"), ("late", "late λᴴη"),
+                       ("late_pre", "late λ^(P⁻¹H)/threshold"), ("final_loss", "final loss"),
                        ("catapults", "catapults"), ("first_t", "first catapult t"), ("first_ratio", "its size ×")):
         at_init = key in ("lambda0", "pre0")  # a diverged run's other numbers are its divergence, not a catapult
         values = [n[key] for n in group if at_init or n["status"] != "diverged"]

@@ -12,13 +12,16 @@ from conftest import CLI_ENV
 SCRIPT = pathlib.Path(__file__).parents[1] / "scripts" / "trajectory_numbers.py"
 
 
-def write_seed(sweep, seed, catapult_at, lambda0, diverged=False):
-    """A 40-step run whose loss falls 10 % a step until it jumps ×3 (×2.7 over the step before) at `catapult_at` (or diverges there)."""
+def write_seed(sweep, seed, catapult_at, lambda0, diverged=False, late_pre=None):
+    """A 40-step run whose loss falls 10 % a step until it jumps ×3 (×2.7 over the step before) at `catapult_at` (or
+    diverges there); with `late_pre`, λ^{P⁻¹H} is measured at 5× its threshold until step 32 and `late_pre`× after."""
     t = np.arange(40)
     loss = 0.9 ** t
     loss[catapult_at:] *= np.inf if diverged else 3.0
+    threshold = np.full(40, 380.0)
+    pre = np.nan if late_pre is None else threshold * np.where(t < 32, 5.0, late_pre)
     metrics = pd.DataFrame(dict(step=t, lr=np.full(40, 0.1), train_loss=loss, sharpness=np.full(40, 19.0),
-                                pre_sharpness=np.nan))
+                                pre_sharpness=pre, pre_sharpness_threshold=threshold))
     run_dir = sweep / f"sp_T1_s{seed}"
     records.write_config(run_dir, {"param": {"name": "sp"}, "schedule": {"warmup_steps": 1}, "seed": seed})
     records.write_metrics(run_dir, metrics)
@@ -44,3 +47,12 @@ def test_seeds_are_summarised_as_mean_and_sample_std_and_divergence_is_not_a_cat
     assert "λ₀ᴴ 30 ± 4;" in line  # all three seeds: mean 30, sample std 4
     assert "first catapult t 12 ± 2.83;" in line and "its size × 2.7 ± " in line  # the two that did not diverge
     assert "late λᴴη 1.9 ± 0" in line and "λ^(P⁻¹H)_0" not in line  # never measured: left out
+
+
+def test_the_late_preconditioned_sharpness_is_quoted_over_its_threshold(tmp_path):
+    for seed, ratio in enumerate([0.5, 0.7]):
+        write_seed(tmp_path, seed, 30, 30.0, late_pre=ratio)
+    per_run = numbers(tmp_path)
+    assert "λ^(P⁻¹H)_0=1.9e+03" in per_run[0] and "late λ^(P⁻¹H)/threshold=0.5 " in per_run[0]
+    (line,) = numbers(tmp_path, "--seeds")
+    assert "late λ^(P⁻¹H)/threshold 0.6 ± 0.141;" in line  # the last 20 % of steps only, not the 5× before
