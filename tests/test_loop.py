@@ -97,7 +97,9 @@ def test_warm_starts_follow_the_step_parity(setup):
     for t in range(STEPS):
         before, after = np.asarray(states[t].eigvec), np.asarray(states[t + 1].eigvec)
         np.testing.assert_array_equal(after[1 - t % 2], before[1 - t % 2])
-        assert not np.array_equal(after[t % 2], before[t % 2])
+        # step 0 starts from θ₀'s own converged eigenvector, which a one-iteration solve may return bit for bit
+        assert t == 0 or not np.array_equal(after[t % 2], before[t % 2])
+    assert int(rows["sharpness_iters"][0]) <= 2 and (rows["sharpness_iters"][1:] > 2).any()
     start = jax.jit(lambda p, v: curvature.sharpness(setup[4], p, v, method="lanczos", max_iters=20, tol=1e-3))
     for t in (5, 6):  # the in-loop result is the solve started from that slot
         eig = start(states[t].params, states[t].eigvec[t % 2])
