@@ -41,8 +41,9 @@ def numbers(run) -> dict:
     """The quoted numbers of one finished run (NaN where a run has none, e.g. no catapult)."""
     m, s = run.metrics[run.metrics.lr.notna()], run.summary
     pre = m.pre_sharpness.dropna()
-    late = (m.sharpness * m.lr).iloc[int(0.8 * len(m)):].dropna()
-    late_pre = (m.pre_sharpness / m.get("pre_sharpness_threshold", np.nan)).iloc[int(0.8 * len(m)):].dropna()
+    tail = m.iloc[int(0.8 * len(m)):]
+    late = (tail.sharpness * tail.lr).dropna()
+    late_pre = (tail.pre_sharpness / tail.get("pre_sharpness_threshold", np.nan)).dropna()
     events = catapults(m.train_loss.to_numpy())
     diverged = s.get("status") == "diverged"
     return {"status": s.get("status"), "lambda0": s["lambda0"], "lr_trgt": s["lr_trgt"],
