@@ -224,7 +224,7 @@ print("sharded records match")
 def test_cells_sharded_over_four_devices_match_the_one_device_records(data_root, tmp_path):
     """The batched runner shards the cell axis over all local devices; its records equal the one-device run (the
     golden batched cells) to float rounding (XLA partitions the program, which reorders a few sums)."""
-    env = {**CLI_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**CLI_ENV, "XLA_FLAGS": f"{CLI_ENV['XLA_FLAGS']} --xla_force_host_platform_device_count=4"}
     result = subprocess.run([sys.executable, "-c", SHARDED, str(pathlib.Path(__file__).parent), str(data_root),
                              str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "sharded records match" in result.stdout, result.stderr[-3000:]
