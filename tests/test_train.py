@@ -205,6 +205,9 @@ def test_sharpness_dtype_must_be_float32_or_float64():
      ["data.num_examples"]),
     (["--multirun", "schedule.lr_trgt=0.1", "schedule.warmup_steps=1,0"], ["schedule.warmup_steps=0", ">= 1"]),
     (["+exp=fig3_cpu", "schedule.lr_trgt_scale=1,-2"], ["schedule.lr_trgt_scale=-2", "> 0"]),
+    (["+exp=fig4_cpu", "seed=0,1"], ["hydra.sweep.subdir=${optimizer.name}/lr", "seed=0 and seed=1", "${seed}"]),
+    (["+exp=fig15_cpu", "param=sp,mup", "hydra.sweep.subdir=T${schedule.warmup_steps}"],
+     ["param=sp and param=mup", "share the run directory T1", "${param.name}"]),
 ])
 def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_path):
     result = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
@@ -222,6 +225,13 @@ def test_precheck_validates_every_value_of_an_experiments_grid(monkeypatch):
                                        ("schedule.lr_trgt_scale", grid["schedule.lr_trgt_scale"])]):
         as_seen = float if i == 3 else str
         assert {as_seen(v[i]) for v in seen} == {as_seen(x) for x in str(values).split(",")}, key
+
+
+def test_a_seed_sweep_passes_once_its_cells_directories_name_the_seed():
+    """The default subdir names every swept key; an experiment's own template must name the seed to sweep it."""
+    train.precheck(["schedule.lr_trgt=0.1,0.2", "seed=1,2"], multirun=True)
+    train.precheck(["+exp=fig4_cpu", "seed=0,1",
+                    "hydra.sweep.subdir=${optimizer.name}/lr${schedule.lr_trgt}_T${schedule.warmup_steps}_s${seed}"])
 
 
 def test_precheck_passes_valid_sweeps_and_leaves_glob_and_interval_to_hydra():

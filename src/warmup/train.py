@@ -108,29 +108,51 @@ def _split_sweeps(parsed, plain: list, sweeps: list) -> bool:
     return not hydra_expands
 
 
-def _validate_sweeps(compose, cfg: DictConfig, plain: list[str], sweeps: list) -> None:
-    """Validate the config at the sweeps' first values, then each further value of each sweep: composed (a group)
-    or set (a key), the other sweeps at their first values."""
-    config.validate(cfg)
+def _sweep_variants(compose, cfg: DictConfig, plain: list[str], sweeps: list):
+    """(key, first value, value, config) for each further value of each sweep: composed (a group) or set (a key),
+    the other sweeps at their first values; a set key's config is `cfg` itself, restored after its values."""
     for override in sweeps:
         key = override.get_key_element().lstrip("+~")
+        first = next(override.sweep_string_iterator())
         if (CONFIG_DIR / key).is_dir():
             others = [o for o in plain if o.partition("=")[0].lstrip("+~") != key]
             for value in list(override.sweep_string_iterator())[1:]:
-                config.validate(compose([*others, f"{key}={value}"]))
+                yield key, first, value, compose([*others, f"{key}={value}"])
         else:
-            first = OmegaConf.select(cfg, key)
-            for value in list(override.sweep_iterator())[1:]:
+            stored = OmegaConf.select(cfg, key)
+            for value, text in list(zip(override.sweep_iterator(), override.sweep_string_iterator()))[1:]:
                 OmegaConf.update(cfg, key, value, force_add=True)
-                config.validate(cfg)
-            OmegaConf.update(cfg, key, first, force_add=True)
+                yield key, first, text, cfg
+            OmegaConf.update(cfg, key, stored, force_add=True)
+
+
+def _cell_dir(template: str | None, cfg: DictConfig) -> str | None:
+    """A cell's `hydra.sweep.subdir` from its template and task config; None when the template needs Hydra's job
+    fields (the default, `override_dirname`, names every swept key) or is not a template."""
+    if not isinstance(template, str) or "hydra" in template:
+        return None
+    return str(OmegaConf.create({"subdir": template}, parent=cfg).subdir)
+
+
+def _validate_sweeps(compose, cfg: DictConfig, plain: list[str], sweeps: list, subdir: str | None = None) -> None:
+    """Validate the config at the sweeps' first values, then each further value of each sweep. With a sweep's
+    `subdir` template, each swept key must change the cell's directory: cells sharing one would share a record."""
+    config.validate(cfg)
+    first_dir = _cell_dir(subdir, cfg)
+    for key, first, value, variant in _sweep_variants(compose, cfg, plain, sweeps):
+        config.validate(variant)
+        if first_dir is not None and _cell_dir(subdir, variant) == first_dir:
+            field = f"{key}.name" if isinstance(OmegaConf.select(variant, key), DictConfig) else key  # a group's name
+            raise ConfigError(f"hydra.sweep.subdir={subdir}: the cells {key}={first} and {key}={value} share the run "
+                              f"directory {first_dir}; put ${{{field}}} in hydra.sweep.subdir")
 
 
 def precheck(overrides: list[str], multirun: bool = False) -> None:
     """Compose and validate the config before Hydra runs anything, so bad input is one line, not a traceback or a
     sweep that stops half-way. Every override's key must exist; every value of a sweep — on the command line
     (`k=a,b`, `k=range(…)`, `k=choice(…)`) or in an experiment's grid (`hydra.sweeper.params`, for keys the command
-    line does not set) — is checked; the run (or sweep) directory must be writable. With an `interval(…)` or
+    line does not set) — is checked; the run (or sweep) directory must be writable, and each swept key must change
+    a cell's directory (else two cells would share one record). With an `interval(…)` or
     `glob(…)` sweep, which only Hydra expands, only the composition is checked."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -155,7 +177,8 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
             _writable_dir(key, OmegaConf.select(full, key))
             compose_train = lambda o: compose(config_name="train", overrides=o)
             if enumerable:
-                _validate_sweeps(compose_train, compose_train(plain), plain, sweeps)
+                subdir = OmegaConf.to_container(full.hydra.sweep, resolve=False)["subdir"] if multirun else None
+                _validate_sweeps(compose_train, compose_train(plain), plain, sweeps, subdir)
     except ConfigError as err:
         fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
