@@ -3,12 +3,12 @@
     python scripts/trajectory_numbers.py multirun/fig1_cpu [--seeds]
 
 Per run: status, λ₀ᴴ (and λ^{P⁻¹H} at step 0 for the Adam family), η_trgt, the catapults (loss rising more than 1.2× above
-its running minimum: start step, peak step, peak/minimum ratio), and the late-time λᴴ_t·η_t (mean over the last 20%
-of steps; 2 means λᴴ sits at the GD threshold 2/η) and, for the Adam family, the late λ^{P⁻¹H}_t over its threshold
-(38/η_t for Adam: 1 means it sits at the edge).
+its running minimum: start step, peak step, peak/minimum ratio; the largest too when there are more than four), and
+the late-time λᴴ_t·η_t (mean over the last 20% of steps; 2 means λᴴ sits at the GD threshold 2/η) and, for the Adam
+family, the late λ^{P⁻¹H}_t over its threshold (38/η_t for Adam: 1 means it sits at the edge).
 With --seeds, the runs of one cell (configs that differ only in `seed`, grouped as `collect.aggregate` does) are
-summarised together: how many diverged or failed, mean ± std
-over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη and λ^{P⁻¹H}/threshold, the final loss, the number of catapults and the first one's step and size.
+summarised together: how many diverged or failed, mean ± std over the seeds of λ₀ᴴ, λ^{P⁻¹H}₀, the late λᴴη and
+λ^{P⁻¹H}/threshold, the final loss, the number of catapults, the first one's step and size, and the largest one's size.
 """
 import argparse
 import re
@@ -53,7 +53,8 @@ def numbers(run) -> dict:
             "late_pre": np.nan if diverged or not len(late_pre) else late_pre.mean(),
             "final_loss": np.nan if diverged else s["final_train_loss"],
             "events": events, "catapults": len(events),
-            "first_t": events[0][0] if events else np.nan, "first_ratio": events[0][2] if events else np.nan}
+            "first_t": events[0][0] if events else np.nan, "first_ratio": events[0][2] if events else np.nan,
+            "largest": max(events, key=lambda e: e[2]) if events else None}
 
 
 def run_line(name: str, n: dict) -> str:
@@ -66,7 +67,8 @@ def run_line(name: str, n: dict) -> str:
         line += f" late λᴴη={n['late']:.3g}" if not np.isnan(n["late"]) else " late λᴴη=n/a (not measured)"
         line += f" late λ^(P⁻¹H)/threshold={n['late_pre']:.3g}" if not np.isnan(n["late_pre"]) else ""
         line += f" final loss={n['final_loss']:.3g}"
-    return line + f" catapults={n['catapults']}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in n["events"][:4])
+    line += f" catapults={n['catapults']}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in n["events"][:4])
+    return line + (f" largest ×{n['largest'][2]:.3g} at t={n['largest'][1]}" if len(n["events"]) > 4 else "")
 
 
 def mean_std(values, fmt: str = ".3g") -> str:
@@ -84,9 +86,11 @@ def seeds_line(name: str, group: list[dict]) -> str:
     line += f", {sum(n['status'] == 'failed' for n in group)} failed"
     for key, label in (("lambda0", "λ₀ᴴ"), ("pre0", "λ^(P⁻¹H)_0"), ("late", "late λᴴη"),
                        ("late_pre", "late λ^(P⁻¹H)/threshold"), ("final_loss", "final loss"),
-                       ("catapults", "catapults"), ("first_t", "first catapult t"), ("first_ratio", "its size ×")):
+                       ("catapults", "catapults"), ("first_t", "first catapult t"), ("first_ratio", "its size ×"),
+                       ("largest_ratio", "largest ×")):
         at_init = key in ("lambda0", "pre0")  # a diverged run's other numbers are its divergence, not a catapult
-        values = [n[key] for n in group if at_init or n["status"] != "diverged"]
+        values = [(n["largest"][2] if n["largest"] else np.nan) if key == "largest_ratio" else n[key]
+                  for n in group if at_init or n["status"] != "diverged"]
         if np.isfinite(np.asarray(values, float)).any():
             line += f"; {label} {mean_std(values)}"
     return line

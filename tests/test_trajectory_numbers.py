@@ -46,6 +46,7 @@ def test_seeds_are_summarised_as_mean_and_sample_std_and_divergence_is_not_a_cat
     assert line.strip().startswith("sp_T1: 3 seeds, 1 diverged (steps 5), 0 failed;")
     assert "λ₀ᴴ 30 ± 4;" in line  # all three seeds: mean 30, sample std 4
     assert "first catapult t 12 ± 2.83;" in line and "its size × 2.7 ± " in line  # the two that did not diverge
+    assert "; largest × 2.7 ± " in line
     assert "late λᴴη 1.9 ± 0" in line and "λ^(P⁻¹H)_0" not in line  # never measured: left out
 
 
@@ -56,3 +57,17 @@ def test_the_late_preconditioned_sharpness_is_quoted_over_its_threshold(tmp_path
     assert "λ^(P⁻¹H)_0=1.9e+03" in per_run[0] and "late λ^(P⁻¹H)/threshold=0.5 " in per_run[0]
     (line,) = numbers(tmp_path, "--seeds")
     assert "late λ^(P⁻¹H)/threshold 0.6 ± 0.141;" in line  # the last 20 % of steps only, not the 5× before
+
+
+def test_a_run_with_more_than_four_catapults_also_names_its_largest(tmp_path):
+    write_seed(tmp_path, 0, 10, 30.0)
+    run_dir = tmp_path / "sp_T1_s0"
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    loss = 0.5 ** np.arange(40) * 1e3  # falls ×2 a step, with a jump of ×1.5 every 6 steps and one of ×9 at step 25
+    for t in range(4, 40, 6):
+        loss[t] = loss[t - 1] * 1.5
+    loss[25] = loss[24] * 9.0
+    metrics["train_loss"] = loss
+    records.write_metrics(run_dir, metrics)
+    (line,) = numbers(tmp_path)
+    assert "catapults=7 " in line and line.endswith(" largest ×9 at t=25")
