@@ -54,7 +54,8 @@ def numbers(run) -> dict:
             "final_loss": np.nan if diverged else s["final_train_loss"],
             "events": events, "catapults": len(events),
             "first_t": events[0][0] if events else np.nan, "first_ratio": events[0][2] if events else np.nan,
-            "largest": max(events, key=lambda e: e[2]) if events else None}
+            "largest_t": max(events, key=lambda e: e[2])[1] if events else np.nan,
+            "largest_ratio": max(e[2] for e in events) if events else np.nan}
 
 
 def run_line(name: str, n: dict) -> str:
@@ -68,7 +69,7 @@ def run_line(name: str, n: dict) -> str:
         line += f" late λ^(P⁻¹H)/threshold={n['late_pre']:.3g}" if not np.isnan(n["late_pre"]) else ""
         line += f" final loss={n['final_loss']:.3g}"
     line += f" catapults={n['catapults']}" + "".join(f" [t={a}→{b}, ×{r:.3g}]" for a, b, r in n["events"][:4])
-    return line + (f" largest ×{n['largest'][2]:.3g} at t={n['largest'][1]}" if len(n["events"]) > 4 else "")
+    return line + (f" largest ×{n['largest_ratio']:.3g} at t={n['largest_t']}" if len(n["events"]) > 4 else "")
 
 
 def mean_std(values, fmt: str = ".3g") -> str:
@@ -89,8 +90,7 @@ def seeds_line(name: str, group: list[dict]) -> str:
                        ("catapults", "catapults"), ("first_t", "first catapult t"), ("first_ratio", "its size ×"),
                        ("largest_ratio", "largest ×")):
         at_init = key in ("lambda0", "pre0")  # a diverged run's other numbers are its divergence, not a catapult
-        values = [(n["largest"][2] if n["largest"] else np.nan) if key == "largest_ratio" else n[key]
-                  for n in group if at_init or n["status"] != "diverged"]
+        values = [n[key] for n in group if at_init or n["status"] != "diverged"]
         if np.isfinite(np.asarray(values, float)).any():
             line += f"; {label} {mean_std(values)}"
     return line

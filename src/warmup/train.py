@@ -142,7 +142,7 @@ def _validate_sweeps(compose, cfg: DictConfig, plain: list[str], sweeps: list, s
     for key, first, value, variant in _sweep_variants(compose, cfg, plain, sweeps):
         config.validate(variant)
         if first_dir is not None and _cell_dir(subdir, variant) == first_dir:
-            field = f"{key}.name" if isinstance(OmegaConf.select(variant, key), DictConfig) else key  # a group's name
+            field = f"{key}.name" if (CONFIG_DIR / key).is_dir() else key  # a group: its option's name
             raise ConfigError(f"hydra.sweep.subdir={subdir}: the cells {key}={first} and {key}={value} share the run "
                               f"directory {first_dir}; put ${{{field}}} in hydra.sweep.subdir")
 
