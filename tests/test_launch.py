@@ -3,6 +3,7 @@ SIGKILL, errors recorded per cell, batched = sequential, and the submitit (SLURM
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def test_batched_launcher_reproduces_the_sequential_records(reference, data_root
         assert list(a.step) == list(b.step)
         np.testing.assert_allclose(a.train_loss, b.train_loss, rtol=1e-4)
         np.testing.assert_allclose(a.sharpness, b.sharpness, rtol=1e-3)
+
+
+def test_a_second_launch_into_the_sweep_directory_counts_only_its_own_cells(reference, data_root, tmp_path):
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)  # four finished cells of another launch
+    (tmp_path / "progress.log").unlink()
+    result = launch(tmp_path, data_root, "schedule.lr_trgt_scale=1,2", "schedule.warmup_steps=8")  # one resumed, one new
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = (tmp_path / "progress.log").read_text().splitlines()[-1]
+    assert "sweep: 2/2 cells done (2 converged, 0 diverged, 0 failed, 0 errors), 0 running" in last
+    assert len(summaries(tmp_path)) == 5
 
 
 PAUSE_HOOK = pathlib.Path(__file__).parent / "launch_pause"  # its sitecustomize.py pauses a sweep at a known point

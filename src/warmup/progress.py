@@ -3,8 +3,9 @@
 A Hydra callback (`hydra.callbacks.progress` in train.yaml) watches the sweep directory from the launching process
 — the cells' `summary.json` records are the truth, whichever launcher (sequential, parallel, batched, SLURM) runs
 them — and reports a line: a bar on a terminal, and every `every_s` seconds (30 by default) a line in
-`<sweep dir>/progress.log` and the log. The total is the product of the sweep's value counts (the command line's
-and the experiment grid's); a sweep Hydra alone expands (`interval`, `glob`) shows counts without a total.
+`<sweep dir>/progress.log` and the log. It counts this launch's cells only (`cell_dirs`: several launches may share a
+sweep directory); a sweep Hydra alone expands (`interval`, `glob`) shows every record below the directory and no
+total.
 """
 import logging
 import math
@@ -14,41 +15,60 @@ import threading
 import time
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
 
-def cell_count(overrides: list[str], grid: dict | None) -> int | None:
-    """Cells of a sweep: the product of each swept key's value count (command line first, then the grid's keys the
-    command line does not set); None where Hydra alone can enumerate a sweep."""
+def cell_dirs(config: DictConfig) -> list[pathlib.Path] | None:
+    """This launch's cell directories, named as its launcher names them: Hydra's basic sweeper's job list (the grid's
+    keys, then the command line's), each job's `hydra.sweep.subdir` resolved on its config. A sweep directory may
+    hold other launches' cells; only these count. The config is composed once per choice of config groups, the swept
+    keys set on it per job (composing every cell costs ~0.1 s each). None where Hydra alone can enumerate the sweep
+    (`interval`, `glob`)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob
 
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides([o for o in overrides if not o.startswith("hydra.")])
-    given = {o.get_key_element().lstrip("+~") for o in parsed}
-    parsed += parser.parse_overrides([f"{k}={v}" for k, v in (grid or {}).items() if k not in given])
-    total = 1
-    for override in parsed:
-        if override.is_sweep_override():
-            if not override.is_discrete_sweep() or isinstance(override.value(), Glob):
-                return None
-            total *= len(list(override.sweep_string_iterator()))
-    return total
+    grid = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parsed = parser.parse_overrides([*grid, *config.hydra.overrides.task])
+    if any(o.is_sweep_override() and (not o.is_discrete_sweep() or isinstance(o.value(), Glob)) for o in parsed):
+        return None
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    leaves = {k for k in swept if not isinstance(OmegaConf.select(config, k.lstrip("+~")), Container)}
+    naming = config.hydra.job.config.override_dirname
+    loader, composed, dirs = GlobalHydra.instance().config_loader(), {}, []
+    for job in BasicSweeper.split_arguments(parsed, None)[0]:
+        overrides = parser.parse_overrides(job)
+        groups = tuple(line for o, line in zip(overrides, job) if o.get_key_element() not in leaves)
+        if groups not in composed:
+            composed[groups] = loader.load_sweep_config(config, list(groups))
+        cfg = composed[groups]
+        with open_dict(cfg):
+            for o in overrides:
+                if o.get_key_element() in leaves:
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), force_add=True)
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides, list(naming.exclude_keys), item_sep=naming.item_sep, kv_sep=naming.kv_sep)
+        dirs.append(pathlib.Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir))
+    return dirs
 
 
-def tally(sweep_dir: pathlib.Path, steps: int | None = None) -> dict:
-    """Statuses of the records below `sweep_dir`, and the work done in cells: 1 per finished cell, the fraction of
-    its `steps` for a running one (a batched group's cells all finish at its end, so counting finished cells alone
-    would give no estimate until then)."""
+def tally(sweep_dir: pathlib.Path, steps: int | None = None, run_dirs: list[pathlib.Path] | None = None) -> dict:
+    """Statuses of the records in `run_dirs` (all below `sweep_dir` when None), and the work done in cells: 1 per
+    finished cell, the fraction of its `steps` for a running one (a batched group's cells all finish at its end, so
+    counting finished cells alone would give no estimate until then)."""
     import json
 
     counts = {"converged": 0, "diverged": 0, "failed": 0, "skipped": 0, "error": 0, "running": 0, "work": 0.0}
-    for path in sweep_dir.rglob("summary.json"):
+    paths = sweep_dir.rglob("summary.json") if run_dirs is None else (d / "summary.json" for d in run_dirs)
+    for path in paths:
         try:
             summary = json.loads(path.read_text())
-        except (OSError, ValueError):  # replaced while read: counted on the next look
+        except (OSError, ValueError):  # not written yet, or replaced while read: counted on the next look
             continue
         status = summary.get("status")
         counts[status] = counts.get(status, 0) + 1
@@ -89,16 +109,19 @@ class SweepProgress(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.stop = threading.Event()
         self.sweep_dir = pathlib.Path(config.hydra.sweep.dir)
-        self.total = cell_count(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
+        self.run_dirs = cell_dirs(config)
+        self.total = None if self.run_dirs is None else len(self.run_dirs)
         self.steps = OmegaConf.select(config, "train.steps")
-        self.work_at_start = tally(self.sweep_dir, self.steps)["work"]  # a relaunch's finished cells are not its rate
+        self.work_at_start = self._tally()["work"]  # a relaunch's finished cells are not its rate
         self.started = time.perf_counter()
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
+    def _tally(self) -> dict:
+        return tally(self.sweep_dir, self.steps, self.run_dirs)
+
     def _line(self) -> str:
-        return line(tally(self.sweep_dir, self.steps), self.total, time.perf_counter() - self.started,
-                    self.work_at_start)
+        return line(self._tally(), self.total, time.perf_counter() - self.started, self.work_at_start)
 
     def _report(self, text: str) -> None:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
