@@ -138,7 +138,7 @@ def test_shrunken_phase_diagram_runs_end_to_end_and_renders(name, data_root, tex
     assert {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")} == before
     assert (sweep / f"{name}.png").read_bytes() != png  # rendering is deterministic: the title changed
     assert plots.experiment_figure(sweep, {**cfg.exp, "title": "Relabelled"})[0].get_suptitle() == "Relabelled"
-    assert plots.experiment_figure(sweep, title="Three seeds")[0].get_suptitle() == "Three seeds"  # render_figure.py
+    assert plots.experiment_figure(sweep, changes={"title": "Three seeds"})[0].get_suptitle() == "Three seeds"
     assert fig.get_suptitle() != "Relabelled"
 
 

@@ -356,15 +356,14 @@ def phase_diagram(table: pd.DataFrame, *, value: str | list[str] = "best_test_ac
     return fig
 
 
-def experiment_figure(sweep_dir, exp: dict | None = None, title: str | None = None):
+def experiment_figure(sweep_dir, exp: dict | None = None, changes: dict | None = None):
     """The figure an experiment asks for, and its name: `exp` is the figure's description (an `exp` config node);
-    by default the one its runs recorded. `title` replaces its title (e.g. to say how many seeds a cell holds)."""
+    by default the one its runs recorded (the first record's). `changes` replace some of its fields: the title (to
+    say how many seeds a cell holds), the layout of records pooled from several experiments."""
     runs = load_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"{sweep_dir}: no run records (config.yaml + metrics.csv) below it")
-    exp = exp or runs[0].config["exp"]
-    if title is not None:
-        exp = {**exp, "title": title}
+    exp = {**(exp or runs[0].config["exp"]), **(changes or {})}
     if exp.get("kind", "trajectory") == "phase":
         fig = phase_diagram(collect.collect(sweep_dir), value=exp["value"], x=exp["x"], y=exp.get("y", "warmup_steps"),
                             rows_by=exp.get("rows_by"), cols_by=exp.get("cols_by"), title=exp.get("title", ""))
@@ -375,10 +374,10 @@ def experiment_figure(sweep_dir, exp: dict | None = None, title: str | None = No
     return fig, exp["name"]
 
 
-def render_experiment(sweep_dir, figure_dir="figures", exp: dict | None = None, title: str | None = None
+def render_experiment(sweep_dir, figure_dir="figures", exp: dict | None = None, changes: dict | None = None
                       ) -> pathlib.Path:
-    """Render an experiment's figure into `figure_dir/<exp.name>.png` (`exp` and `title` as in `experiment_figure`)."""
-    fig, name = experiment_figure(sweep_dir, exp, title)
+    """Render an experiment's figure into `figure_dir/<exp.name>.png` (`exp`, `changes` as in `experiment_figure`)."""
+    fig, name = experiment_figure(sweep_dir, exp, changes)
     path = save(fig, pathlib.Path(figure_dir) / f"{name}.png")
     print(f"figure: {path}")
     return path
