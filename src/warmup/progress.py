@@ -43,10 +43,10 @@ def cell_dirs(config: DictConfig) -> list[pathlib.Path] | None:
     loader, composed, dirs = GlobalHydra.instance().config_loader(), {}, []
     for job in BasicSweeper.split_arguments(parsed, None)[0]:
         overrides = parser.parse_overrides(job)
-        groups = tuple(line for o, line in zip(overrides, job) if o.get_key_element() not in leaves)
-        if groups not in composed:
-            composed[groups] = loader.load_sweep_config(config, list(groups))
-        cfg = composed[groups]
+        composing = tuple(line for o, line in zip(overrides, job) if o.get_key_element() not in leaves)  # groups, fixed
+        if composing not in composed:
+            composed[composing] = loader.load_sweep_config(config, list(composing))
+        cfg = composed[composing]
         with open_dict(cfg):
             for o in overrides:
                 if o.get_key_element() in leaves:
