@@ -179,6 +179,13 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
+def test_a_sweep_whose_later_dataset_is_missing_is_refused_before_hydra_starts(data_root, tmp_path):
+    result = cli("-m", "launcher=batched", "schedule.lr_trgt=0.1", "data=fashion_mnist,cifar10", f"data.root={data_root}",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
+    assert_one_line_error(result, ["cifar10: need", "cifar-10-python.tar.gz", str(data_root)])
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize("args, words", [  # the config check's other refusals, which reach the CLI as the one above
     (["schedule.lr_trgt=0.1", "schedule.warmup_steps=0"], ["schedule.warmup_steps=0", ">= 1"]),
     (["schedule.lr_trgt=0.1", "data.num_examples=10", "data.batch_size=20"], ["data.batch_size=20", "num_examples"]),

@@ -1,7 +1,9 @@
-"""The command line: `python -m warmup.train [overrides]` (or `warmup-train`): precheck → Hydra → `run.execute`.
+"""The command line: `python -m warmup.train [overrides]` (or `warmup-train`): precheck → find_data → Hydra →
+`run.execute`.
 
-Everything is checked before Hydra runs anything (`precheck`), so bad input is one line on stderr and exit status 2,
-never a traceback or a sweep that stops half-way; the run itself is `warmup.run`.
+Everything is checked before Hydra runs anything (`precheck`: the config and every value of its sweeps; `find_data`:
+the datasets they train on), so bad input is one line on stderr and exit status 2, never a traceback or a sweep that
+stops half-way; the run itself is `warmup.run`.
 """
 import logging
 import os
@@ -14,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from warmup import config, records, run
+from warmup import config, data, records, run, text
 from warmup.config import CONFIG_DIR, ConfigError
 from warmup.data import DataNotFoundError
 
@@ -134,26 +136,36 @@ def _cell_dir(template: str | None, cfg: DictConfig) -> str | None:
     return str(OmegaConf.create({"subdir": template}, parent=cfg).subdir)
 
 
-def _validate_sweeps(compose, cfg: DictConfig, plain: list[str], sweeps: list, subdir: str | None = None) -> None:
-    """Validate the config at the sweeps' first values, then each further value of each sweep. With a sweep's
-    `subdir` template, each swept key must change the cell's directory: cells sharing one would share a record."""
+def _data_source(cfg: DictConfig) -> tuple[str, str | None]:
+    return cfg.data.name, cfg.data.root
+
+
+def _validate_sweeps(compose, cfg: DictConfig, plain: list[str], sweeps: list,
+                     subdir: str | None = None) -> set[tuple[str, str | None]]:
+    """Validate the config at the sweeps' first values, then each further value of each sweep; the data sources
+    (name, root) they train on. With a sweep's `subdir` template, each swept key must change the cell's directory:
+    cells sharing one would share a record."""
     config.validate(cfg)
+    sources = {_data_source(cfg)}
     first_dir = _cell_dir(subdir, cfg)
     for key, first, value, variant in _sweep_variants(compose, cfg, plain, sweeps):
         config.validate(variant)
+        sources.add(_data_source(variant))
         if first_dir is not None and _cell_dir(subdir, variant) == first_dir:
             field = f"{key}.name" if (CONFIG_DIR / key).is_dir() else key  # a group: its option's name
             raise ConfigError(f"hydra.sweep.subdir={subdir}: the cells {key}={first} and {key}={value} share the run "
                               f"directory {first_dir}; put ${{{field}}} in hydra.sweep.subdir")
+    return sources
 
 
-def precheck(overrides: list[str], multirun: bool = False) -> None:
+def precheck(overrides: list[str], multirun: bool = False) -> list[tuple[str, str | None]]:
     """Compose and validate the config before Hydra runs anything, so bad input is one line, not a traceback or a
     sweep that stops half-way. Every override's key must exist; every value of a sweep — on the command line
     (`k=a,b`, `k=range(…)`, `k=choice(…)`) or in an experiment's grid (`hydra.sweeper.params`, for keys the command
     line does not set) — is checked; the run (or sweep) directory must be writable, and each swept key must change
     a cell's directory (else two cells would share one record). With an `interval(…)` or
-    `glob(…)` sweep, which only Hydra expands, only the composition is checked."""
+    `glob(…)` sweep, which only Hydra expands, only the composition is checked. Returns the data sources (name,
+    root) the launch trains on, for `find_data`; reads no files."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -176,13 +188,24 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
             key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
             _writable_dir(key, OmegaConf.select(full, key))
             compose_train = lambda o: compose(config_name="train", overrides=o)
-            if enumerable:
-                subdir = OmegaConf.to_container(full.hydra.sweep, resolve=False)["subdir"] if multirun else None
-                _validate_sweeps(compose_train, compose_train(plain), plain, sweeps, subdir)
+            if not enumerable:
+                return [_data_source(full)]
+            subdir = OmegaConf.to_container(full.hydra.sweep, resolve=False)["subdir"] if multirun else None
+            return sorted(_validate_sweeps(compose_train, compose_train(plain), plain, sweeps, subdir), key=str)
     except ConfigError as err:
         fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
         fail(re.sub(r"\s+", " ", str(err)).strip())
+
+
+def find_data(sources: list[tuple[str, str | None]]) -> None:
+    """Each dataset a launch trains on is found (or downloaded) before Hydra composes its cells: a missing one is
+    one line, not a traceback once the cells of a large sweep have been composed."""
+    try:
+        for name, root in sources:
+            text.find_corpus(name, root) if name in text.CORPORA else data.find_root(name, root)
+    except DataNotFoundError as err:
+        fail(str(err))
 
 
 def main() -> None:
@@ -198,7 +221,7 @@ def main() -> None:
                 skip_next = True
             elif not a.startswith("-"):
                 overrides.append(a)
-        precheck(overrides, multirun=multirun)
+        find_data(precheck(overrides, multirun=multirun))
     _hydra_main()
 
 
