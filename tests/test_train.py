@@ -139,6 +139,16 @@ def cli(*args, env=None):
                           env={**CLI_ENV, **(env or {})}, timeout=120)
 
 
+def cli_in_process(*args, monkeypatch, capsys):
+    """`python -m warmup.train ARGS` for a refusal that comes before Hydra starts: `train.main` in this process (no
+    interpreter and JAX start-up per case). The CLI's own process is checked in
+    test_bad_input_is_one_line_and_nonzero_before_training."""
+    monkeypatch.setattr(sys, "argv", ["warmup.train", *args])
+    with pytest.raises(SystemExit) as stopped:
+        train.main()
+    return subprocess.CompletedProcess(args, stopped.value.code, "", capsys.readouterr().err)
+
+
 def assert_one_line_error(result, words):
     """Bad input: exit status 2 and a single `error: …` line on stderr that contains every one of `words`."""
     assert result.returncode == 2, result.stderr
@@ -179,9 +189,12 @@ def test_bad_input_is_one_line_and_nonzero_before_training(args, words, tmp_path
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
-def test_a_sweep_whose_later_dataset_is_missing_is_refused_before_hydra_starts(data_root, tmp_path):
-    result = cli("-m", "launcher=batched", "schedule.lr_trgt=0.1", "data=fashion_mnist,cifar10", f"data.root={data_root}",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
+def test_a_sweep_whose_later_dataset_is_missing_is_refused_before_hydra_starts(data_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = cli_in_process("-m", "launcher=batched", "schedule.lr_trgt=0.1", "data=fashion_mnist,cifar10",
+                            f"data.root={data_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                            monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, ["cifar10: need", "cifar-10-python.tar.gz", str(data_root)])
     assert not (tmp_path / "sweep").exists()
 
@@ -216,8 +229,9 @@ def test_sharpness_dtype_must_be_float32_or_float64():
     (["+exp=fig15_cpu", "param=sp,mup", "hydra.sweep.subdir=T${schedule.warmup_steps}"],
      ["param=sp and param=mup", "share the run directory T1", "${param.name}"]),
 ])
-def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_path):
-    result = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"HOME": str(tmp_path)})
+def test_bad_input_to_a_sweep_is_one_line_before_any_cell_runs(args, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = cli_in_process(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, words)
     assert not (tmp_path / "sweep").exists()
 
@@ -308,9 +322,10 @@ def test_a_refused_relaunch_touches_nothing_and_the_log_holds_the_run(data_root,
     (["-m", "schedule.lr_trgt=0.1,inf"], ["schedule.lr_trgt=inf"]),
     (["-m", "schedule.lr_trgt=0.1", "data.num_examples=64,100000"], ["data.num_examples=100000", "60000"]),
 ])
-def test_bad_keys_and_values_stop_before_anything_runs(args, words, tmp_path):
-    result = cli(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                 env={"HOME": str(tmp_path)})
+def test_bad_keys_and_values_stop_before_anything_runs(args, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = cli_in_process(*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                            monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, words)
     assert "+" not in result.stderr.split(":", 2)[-1].split("did you mean")[0]  # never Hydra's `+key` hint
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
