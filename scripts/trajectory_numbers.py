@@ -101,25 +101,30 @@ def cell(config: dict) -> frozenset:
     return frozenset((k, v) for k, v in config_columns(config).items() if k != "seed")
 
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("sweep_dir")
-parser.add_argument("--seeds", action="store_true", help="summarise runs that differ only in their seed")
-args = parser.parse_args()
-runs = sorted(load_runs(args.sweep_dir), key=lambda r: (lookup(r.config, "param.name"),
-                                                        lookup(r.config, "schedule.warmup_steps"), r.path.name))
-finished = []
-for run in runs:
-    if run.summary.get("status") == "running":
-        print(f"{run.path.name:>12}: running ({run.summary['steps_completed']} steps so far)")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir")
+    parser.add_argument("--seeds", action="store_true", help="summarise runs that differ only in their seed")
+    args = parser.parse_args()
+    runs = sorted(load_runs(args.sweep_dir), key=lambda r: (lookup(r.config, "param.name"),
+                                                            lookup(r.config, "schedule.warmup_steps"), r.path.name))
+    finished = []
+    for run in runs:
+        if run.summary.get("status") == "running":
+            print(f"{run.path.name:>12}: running ({run.summary['steps_completed']} steps so far)")
+        else:
+            finished.append((run, numbers(run)))
+    if not args.seeds:
+        for run, n in finished:
+            print(run_line(run.path.name, n))
     else:
-        finished.append((run, numbers(run)))
-if not args.seeds:
-    for run, n in finished:
-        print(run_line(run.path.name, n))
-else:
-    groups: dict[frozenset, tuple[str, list[dict]]] = {}
-    for run, n in finished:
-        name = re.sub(r"_s\d+$", "", run.path.name)
-        groups.setdefault(cell(run.config), (name, []))[1].append(n)
-    for name, group in groups.values():
-        print(seeds_line(name, group))
+        groups: dict[frozenset, tuple[str, list[dict]]] = {}
+        for run, n in finished:
+            name = re.sub(r"_s\d+$", "", run.path.name)
+            groups.setdefault(cell(run.config), (name, []))[1].append(n)
+        for name, group in groups.values():
+            print(seeds_line(name, group))
+
+
+if __name__ == "__main__":
+    main()
