@@ -1,3 +1,4 @@
+import pathlib
 import re
 import subprocess
 import sys
@@ -375,3 +376,20 @@ def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
     batch = " / ".join(str(swept["data.batch_size"]).split(",")) if "data.batch_size" in swept else data.batch_size
     assert f"B = {batch}" in title if batch else ("GD" in title or "full batch" in title)  # a batch trend lists its Bs
     assert all(int(n) == data.measure_examples for n in re.findall(r"(\d+) examples", title))
+
+
+def test_render_figure_script_pools_records_under_a_new_name_and_title(tmp_path, monkeypatch):
+    """scripts/render_figure.py, as the notes use it for seed figures: records of two launches in one directory, the
+    figure renamed by --set, written into --figure-dir only."""
+    import runpy
+
+    for seed in (1, 2):
+        write_record(tmp_path / "pooled" / f"sp_T16_s{seed}", {"param": {"name": "sp"}, "seed": seed,
+                                                              "schedule": {"warmup_steps": 16}, "exp": TRAJECTORY},
+                     warmup_metrics(0.01, 16, 1.0))
+    script = pathlib.Path(__file__).parents[1] / "scripts" / "render_figure.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "pooled"), "--figure-dir", str(tmp_path / "figs"),
+                                      "--set", "name=traj_seeds", "--title", "Pooled seeds"])
+    runpy.run_path(str(script), run_name="__main__")
+    assert [p.name for p in (tmp_path / "figs").iterdir()] == ["traj_seeds.png"]
+    assert not list((tmp_path / "pooled").glob("*.png"))
