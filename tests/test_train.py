@@ -199,6 +199,11 @@ def test_a_sweep_whose_later_dataset_is_missing_is_refused_before_hydra_starts(d
     assert not (tmp_path / "sweep").exists()
 
 
+def test_printing_a_config_needs_no_data(tmp_path):
+    result = cli("--cfg", "job", "+exp=fig1", "data.root=/nonexistent", env={"HOME": str(tmp_path)})
+    assert result.returncode == 0 and "name: cifar10" in result.stdout, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("args, words", [  # the config check's other refusals, which reach the CLI as the one above
     (["schedule.lr_trgt=0.1", "schedule.warmup_steps=0"], ["schedule.warmup_steps=0", ">= 1"]),
     (["schedule.lr_trgt=0.1", "data.num_examples=10", "data.batch_size=20"], ["data.batch_size=20", "num_examples"]),

@@ -221,7 +221,9 @@ def main() -> None:
                 skip_next = True
             elif not a.startswith("-"):
                 overrides.append(a)
-        find_data(precheck(overrides, multirun=multirun))
+        sources = precheck(overrides, multirun=multirun)
+        if not any(a in ("-c", "--cfg") or a.startswith("--cfg=") for a in args):  # printing a config needs no data
+            find_data(sources)
     _hydra_main()
 
 
