@@ -378,7 +378,7 @@ def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
     assert all(int(n) == data.measure_examples for n in re.findall(r"(\d+) examples", title))
 
 
-def test_render_figure_script_pools_records_under_a_new_name_and_title(tmp_path, monkeypatch):
+def test_render_figure_script_pools_records_under_a_new_name(tmp_path, monkeypatch):
     """scripts/render_figure.py, as the notes use it for seed figures: records of two launches in one directory, the
     figure renamed by --set, written into --figure-dir only."""
     import runpy

@@ -211,7 +211,7 @@ def find_data(sources: list[tuple[str, str | None]]) -> None:
 def main() -> None:
     args = sys.argv[1:]
     if not any(a in _NO_PRECHECK or a.startswith(tuple(f"{f}=" for f in _NO_PRECHECK)) for a in args):
-        overrides, multirun, skip_next = [], False, False
+        overrides, multirun, printing, skip_next = [], False, False, False
         for a in args:
             if skip_next:
                 skip_next = False
@@ -219,10 +219,13 @@ def main() -> None:
                 multirun = True
             elif a in _FLAGS_WITH_VALUE:
                 skip_next = True
+                printing |= a in ("-c", "--cfg")
+            elif a.startswith("--cfg="):
+                printing = True
             elif not a.startswith("-"):
                 overrides.append(a)
         sources = precheck(overrides, multirun=multirun)
-        if not any(a in ("-c", "--cfg") or a.startswith("--cfg=") for a in args):  # printing a config needs no data
+        if not printing:  # printing a config needs no data
             find_data(sources)
     _hydra_main()
 
