@@ -1,11 +1,19 @@
+import atexit
 import gzip
 import os
+import shutil
 import tempfile
 
 # The tests' programs are tiny: compiling them costs more than running them, and XLA's backend optimisation level 0
 # compiles them about a third faster (the golden records, made at the default level, still match). Set before jax
 # starts; the runs a test starts inherit it through the environment.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# Each run compiles the same few programs afresh (new closures), here and in the CLI runs the tests start: one
+# persistent compilation cache per test process, inherited by its CLI runs, makes the repeats cheap (about 6 s -> 2 s
+# per tiny run on 2 CPU cores). One per process, so that no two processes write one entry at once.
+os.environ.update(JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="warmup_jax_cache_"),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np
@@ -37,32 +45,6 @@ def write_learnable_idx(folder, n_train=256, n_test=200, size=12, seed=0):
         write_idx(folder / images, x, 2051)
         write_idx(folder / labels, y, 2049)
     return folder
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """Each train.execute compiles the same programs afresh (new closures); a persistent cache makes the repeats
-    cheap (about 6 s -> 2 s per tiny run on 2 CPU cores). For a module: `pytestmark = usefixtures(...)`. Restored
-    afterwards, so other modules are unaffected."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {name: getattr(jax.config, name) for name in names}
-    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, -1)
-    _reset_cache()
-    for name, value in zip(names, values):
-        jax.config.update(name, value)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    _reset_cache()
-
-
-def _reset_cache():
-    try:
-        from jax._src import compilation_cache
-        compilation_cache.reset_cache()
-    except (ImportError, AttributeError):  # private API; without it the cache simply stays on for this process
-        pass
 
 
 @pytest.fixture(scope="session")
@@ -107,11 +89,8 @@ def offline(monkeypatch):
     monkeypatch.setenv("WARMUP_OFFLINE", "1")
 
 
-# For tests that run the CLI in subprocesses: offline, and one persistent compilation cache shared by all of them
-# (they compile the same few programs again and again).
-CLI_ENV = {**os.environ, "WARMUP_OFFLINE": "1",
-           "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="warmup_jax_cache_"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+# For tests that run the CLI in subprocesses (offline; XLA's flags and the compilation cache come with os.environ).
+CLI_ENV = {**os.environ, "WARMUP_OFFLINE": "1"}
 
 TINY = ["model.width=32", "model.depth=3", "data.num_examples=128", "train.steps=20", "train.chunk_steps=8",
         "train.eval_every=10", "train.eval_batch=100", "train.progress=false"]

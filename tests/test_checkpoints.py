@@ -17,7 +17,6 @@ from warmup import checkpoints, loop, records, sweep
 from warmup.run import execute
 from conftest import CLI_ENV, TINY, compose_config
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 HOOK = pathlib.Path(__file__).parent / "kill_at"  # its sitecustomize.py signals the run after a chunk's rows
 # 20 steps in chunks of 4, a checkpoint after steps 8 and 16: a kill after the chunk ending at 4 restarts from
 # scratch, one at 8 or 16 after its rows but before that chunk's checkpoint, so the run resumes from the one before

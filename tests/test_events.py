@@ -13,7 +13,6 @@ import pytest
 
 from warmup import events, records
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def read_scalars(run_dir) -> dict[str, dict[int, float]]:

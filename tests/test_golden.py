@@ -21,7 +21,6 @@ import pytest
 from warmup import records, run, sweep
 from conftest import TINY, compose_config
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 RECORD = os.environ.get("WARMUP_RECORD_GOLDEN") == "1"
 RTOL = 1e-5

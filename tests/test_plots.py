@@ -32,11 +32,17 @@ def test_every_experiment_composes(name):
         assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
     else:
         assert set(cfg.exp.panels) <= set(plots.PANELS)
-    assert cfg.exp.name == name
+    assert cfg.exp.name == name and kind(name) == cfg.exp.get("kind", "trajectory")
 
 
-def kind(name):
-    return compose_config([f"+exp={name}"]).exp.get("kind", "trajectory")
+def kind(name) -> str:
+    """The experiment's `exp.kind`, read from its file or else its parent experiments' (the `defaults` not under
+    /), without Hydra: composing every experiment at collection cost each test process ~15 s."""
+    text = OmegaConf.load(config.CONFIG_DIR / "exp" / f"{name}.yaml")
+    parents = [d for d in text.get("defaults", []) if isinstance(d, str) and not d.startswith("/") and d != "_self_"]
+    inherited = [kind(parent) for parent in parents]
+    return OmegaConf.select(text, "exp.kind") or next((k for k in reversed(inherited) if k != "trajectory"),
+                                                      "trajectory")
 
 
 # The trajectory figures at CPU scale; not the trends (figN_width_cpu, figN_batch_cpu, …): they sweep what these

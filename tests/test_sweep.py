@@ -23,7 +23,6 @@ CELLS = [
 ]
 COMMON = ("sharpness.every=5",)
 COMPARED = ("step", "lr", "train_loss", "train_acc", "sharpness", "sharpness_threshold", "test_loss", "test_acc")
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def configs(data_root, cells=CELLS, extra=()):

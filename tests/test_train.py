@@ -15,7 +15,6 @@ from warmup.catapult import first_direction
 from warmup.run import execute
 from conftest import CLI_ENV, TINY, compose_config
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def test_run_writes_the_record_contract(run):
