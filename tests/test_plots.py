@@ -27,12 +27,12 @@ def close_figures():
 def test_every_experiment_composes(name):
     cfg = compose_config([f"+exp={name}"])
     train.precheck([f"+exp={name}"])  # every cell of its grid validates
-    if cfg.exp.get("kind", "trajectory") == "phase":
+    assert cfg.exp.name == name and kind(name) == cfg.exp.get("kind", "trajectory")  # the shortcut reads it right
+    if kind(name) == "phase":
         values = [cfg.exp.value] if isinstance(cfg.exp.value, str) else list(cfg.exp.value)
         assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
     else:
         assert set(cfg.exp.panels) <= set(plots.PANELS)
-    assert cfg.exp.name == name and kind(name) == cfg.exp.get("kind", "trajectory")
 
 
 def kind(name) -> str:
@@ -40,9 +40,7 @@ def kind(name) -> str:
     /), without Hydra: composing every experiment at collection cost each test process ~15 s."""
     text = OmegaConf.load(config.CONFIG_DIR / "exp" / f"{name}.yaml")
     parents = [d for d in text.get("defaults", []) if isinstance(d, str) and not d.startswith("/") and d != "_self_"]
-    inherited = [kind(parent) for parent in parents]
-    return OmegaConf.select(text, "exp.kind") or next((k for k in reversed(inherited) if k != "trajectory"),
-                                                      "trajectory")
+    return OmegaConf.select(text, "exp.kind") or (kind(parents[-1]) if parents else "trajectory")
 
 
 # The trajectory figures at CPU scale; not the trends (figN_width_cpu, figN_batch_cpu, …): they sweep what these
