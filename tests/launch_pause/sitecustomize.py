@@ -9,10 +9,10 @@ import os
 _pause_file = os.environ.get("WARMUP_TEST_PAUSE")
 
 if _pause_file:
-    import pathlib
     import time
 
     from warmup import records, run
+    from warmup.files import write_atomic
 
     _append = run.Record.append
 
@@ -22,7 +22,7 @@ if _pause_file:
             return
         others = [d for d in self.run_dir.parent.iterdir() if d.is_dir() and d != self.run_dir]
         if any(records.finished_summary(d) is not None for d in others):
-            pathlib.Path(_pause_file).write_text(str(self.run_dir))
+            write_atomic(_pause_file, str(self.run_dir))  # whole or absent: the test reads it once it appears
             while True:
                 time.sleep(3600)
 
