@@ -14,7 +14,6 @@ import pytest
 from warmup import events, records
 
 
-
 def read_scalars(run_dir) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} from the run's TensorBoard event files, read as TFRecords of `Event` protos."""
     from tensorboardX.proto import event_pb2

@@ -16,7 +16,6 @@ from warmup.run import execute
 from conftest import CLI_ENV, TINY, compose_config
 
 
-
 def test_run_writes_the_record_contract(run):
     run_dir, summary = run("schedule.lr_trgt_scale=1", "schedule.warmup_steps=5", "sharpness.every=5")
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json"}
