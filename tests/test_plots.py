@@ -27,8 +27,9 @@ def close_figures():
 def test_every_experiment_composes(name):
     cfg = compose_config([f"+exp={name}"])
     train.precheck([f"+exp={name}"])  # every cell of its grid validates
-    assert cfg.exp.name == name and kind(name) == cfg.exp.get("kind", "trajectory")  # the shortcut reads it right
-    if kind(name) == "phase":
+    composed_kind = cfg.exp.get("kind", "trajectory")
+    assert cfg.exp.name == name and kind(name) == composed_kind  # the collection-time shortcut reads it right
+    if composed_kind == "phase":
         values = [cfg.exp.value] if isinstance(cfg.exp.value, str) else list(cfg.exp.value)
         assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
     else:
