@@ -251,6 +251,15 @@ def test_precheck_validates_every_value_of_an_experiments_grid(monkeypatch):
         assert {as_seen(v[i]) for v in seen} == {as_seen(x) for x in str(values).split(",")}, key
 
 
+@pytest.mark.parametrize("overrides", [["schedule.lr_trgt=0.1", "optimizer=adam"], ["+exp=fig17_cpu", "seed=1"]])
+def test_the_task_config_cut_from_hydras_equals_the_composed_one(overrides):
+    """precheck validates a launch without an experiment grid on the config it composed with Hydra's node, cut."""
+    cut, composed = train._task_config(compose_config(overrides, with_hydra=True)), compose_config(overrides)
+    assert OmegaConf.is_struct(cut) and "hydra" not in cut
+    assert OmegaConf.to_yaml(cut) == OmegaConf.to_yaml(composed)  # interpolations kept as written
+    assert OmegaConf.to_yaml(cut, resolve=True) == OmegaConf.to_yaml(composed, resolve=True)
+
+
 def test_a_seed_sweep_passes_once_its_cells_directories_name_the_seed():
     """The default subdir names every swept key; an experiment's own template must name the seed to sweep it."""
     train.precheck(["schedule.lr_trgt=0.1,0.2", "seed=1,2"], multirun=True)

@@ -158,6 +158,14 @@ def _validate_sweeps(compose, cfg: DictConfig, plain: list[str], sweeps: list,
     return sources
 
 
+def _task_config(full: DictConfig) -> DictConfig:
+    """A config composed with Hydra's node, without it: what composing it again without would give, for a third of
+    a second less per launch."""
+    task = OmegaConf.masked_copy(full, [key for key in full if key != "hydra"])
+    OmegaConf.set_struct(task, True)
+    return task
+
+
 def precheck(overrides: list[str], multirun: bool = False) -> list[tuple[str, str | None]]:
     """Compose and validate the config before Hydra runs anything, so bad input is one line, not a traceback or a
     sweep that stops half-way. Every override's key must exist; every value of a sweep — on the command line
@@ -191,7 +199,8 @@ def precheck(overrides: list[str], multirun: bool = False) -> list[tuple[str, st
             if not enumerable:
                 return [_data_source(full)]
             subdir = OmegaConf.to_container(full.hydra.sweep, resolve=False)["subdir"] if multirun else None
-            return sorted(_validate_sweeps(compose_train, compose_train(plain), plain, sweeps, subdir), key=str)
+            cfg = compose_train(plain) if grid else _task_config(full)  # the grid's first values are not in `full`
+            return sorted(_validate_sweeps(compose_train, cfg, plain, sweeps, subdir), key=str)
     except ConfigError as err:
         fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
