@@ -213,8 +213,7 @@ for i, d in enumerate(dirs):
     assert json.loads((d / "summary.json").read_text())["status"] == json.loads((golden / "summary.json").read_text())["status"]
     ours, theirs = pd.read_csv(d / "metrics.csv"), pd.read_csv(golden / "metrics.csv")
     assert list(ours.step) == list(theirs.step)
-    np.testing.assert_array_equal(ours.lr, theirs.lr)
-    for column in ("train_loss", "train_acc", "grad_norm", "sharpness", "test_loss", "test_acc"):
+    for column in ("lr", "train_loss", "train_acc", "grad_norm", "sharpness", "test_loss", "test_acc"):
         np.testing.assert_allclose(ours[column], theirs[column], rtol=1e-5, err_msg=column)
 print("sharded records match")
 """
@@ -222,7 +221,8 @@ print("sharded records match")
 
 def test_cells_sharded_over_four_devices_match_the_one_device_records(data_root, tmp_path):
     """The batched runner shards the cell axis over all local devices; its records equal the one-device run (the
-    golden batched cells) to float rounding (XLA partitions the program, which reorders a few sums)."""
+    golden batched cells) to float rounding (XLA partitions the program, which reorders a few sums; η of the
+    `lr_trgt_scale` cells is c/λ₀, so it carries λ₀'s rounding)."""
     env = {**CLI_ENV, "XLA_FLAGS": f"{CLI_ENV['XLA_FLAGS']} --xla_force_host_platform_device_count=4"}
     result = subprocess.run([sys.executable, "-c", SHARDED, str(pathlib.Path(__file__).parent), str(data_root),
                              str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
