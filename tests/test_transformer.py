@@ -97,14 +97,21 @@ def test_post_ln_and_pre_ln_without_final_ln_are_different_architectures():
     np.testing.assert_allclose(x_pre.var(-1), 1, rtol=1e-4)
 
 
-@pytest.mark.parametrize("param, variance, multiplier", [("sp", 1.0, 1.0), ("mup", 1 / 256, 16.0)])
-def test_embedding_init_and_multiplier(param, variance, multiplier):
-    embed = Embed(2000, 256, param)
+@pytest.mark.parametrize("param, variance, multiplier, override", [
+    ("sp", 1.0, 1.0, None), ("mup", 1 / 256, 16.0, None), ("sp", 1 / 4096, 1.0, 1 / 4096), ("mup", 4.0, 16.0, 4.0)])
+def test_embedding_init_and_multiplier(param, variance, multiplier, override):
+    embed = Embed(2000, 256, param, variance=override)
     kernel = embed.init(jax.random.key(0), TOKENS)["params"]["kernel"]
     assert float(jnp.var(kernel)) == pytest.approx(variance, rel=0.02)
     assert float(jnp.abs(kernel).max()) <= 2 * math.sqrt(variance) / 0.8796 + 1e-6  # truncated at ±2σ
     out = embed.apply({"params": {"kernel": kernel}}, TOKENS)
     np.testing.assert_allclose(out, multiplier * kernel[TOKENS], rtol=1e-6)
+
+
+@pytest.mark.parametrize("variance", [0.0, -1.0])
+def test_a_non_positive_embedding_variance_is_refused_by_name(variance):
+    with pytest.raises(ValueError, match=r"model\.embed_variance=.*> 0"):
+        build_model("transformer", param="sp", num_classes=64, width=32, depth=1, embed_variance=variance)
 
 
 def test_sinusoidal_positions_formula():

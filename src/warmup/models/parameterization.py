@@ -14,7 +14,8 @@ the readout, any other name a hidden layer; LayerNorm parameters are kind "norm"
 Kernels are (*window, C_in, C_out), so fan_in = k²·C_in and fan_out = k²·C_out for a k×k convolution.
 A token embedding (`Embed`, a language model's input layer) is the input layer applied to one-hot tokens: its
 kernel is (vocabulary, n), but a one-hot input has a single non-zero entry, so its forward pass and initialisation
-use fan_in = 1, and σ_w² = 1 (no ReLU follows): SP W ~ N(0, 1); μP W ~ N(0, 1/n) with multiplier √n.
+use fan_in = 1, and σ_w² = 1 (no ReLU follows): SP W ~ N(0, 1); μP W ~ N(0, 1/n) with multiplier √n. Other readings
+give far smaller SP embeddings (fan_in = vocabulary: 2/V; flax's `nn.Embed`: 1/n); `Embed(variance=…)` sets one.
 Kernels are truncated normal (at ±2 std) with exactly the variance above; biases start at zero and are
 added after the multiplier. Full μP with Adam also scales each kernel's learning rate (`adam_lr_multiplier`):
 input 1/√fan_out, hidden 1/√(fan_in·fan_out), readout 1/√fan_in.
@@ -117,12 +118,13 @@ class Embed(nn.Module):
     features: int
     parameterization: str
     param_dtype: jnp.dtype = jnp.float32
+    variance: float | None = None  # Var(W) in place of the parameterisation's rule (an init study's axis)
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         check_parameterization(self.parameterization)
         fan_out = self.features
-        variance = 1.0 / fan_out if self.parameterization == "mup" else 1.0
+        variance = self.variance or (1.0 / fan_out if self.parameterization == "mup" else 1.0)
         # jax's truncated_normal takes the std before truncation at ±2; this factor makes the variance exact.
         init = jax.nn.initializers.truncated_normal(math.sqrt(variance) / _TRUNCATED_STD)
         kernel = self.param("kernel", init, (self.num_embeddings, fan_out), self.param_dtype)

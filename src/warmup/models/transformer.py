@@ -85,6 +85,7 @@ class Transformer(nn.Module):
     depth: int = 4
     heads: int = 4
     norm: str = "pre"
+    embed_variance: float | None = None  # Var of the embedding in place of the SP/μP rule (`Embed`)
 
     def __post_init__(self):
         if self.depth < 1:
@@ -93,11 +94,14 @@ class Transformer(nn.Module):
             raise ValueError(f"model.heads={self.heads}: must divide model.width={self.width} (an even number)")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm={self.norm}: unknown; allowed: {', '.join(NORMS)}")
+        if self.embed_variance is not None and not self.embed_variance > 0:
+            raise ValueError(f"model.embed_variance={self.embed_variance}: must be > 0, or null for the SP/μP rule")
         super().__post_init__()
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        x = Embed(self.num_classes, self.width, self.parameterization, name="embed")(tokens)
+        x = Embed(self.num_classes, self.width, self.parameterization, variance=self.embed_variance,
+                  name="embed")(tokens)
         x = x + sinusoidal_positions(tokens.shape[-1], self.width)
         for i in range(self.depth):
             x = Block(self.heads, self.parameterization, self.norm, name=f"block{i}")(x)
