@@ -34,8 +34,9 @@ def test_every_experiment_composes(name):
         assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
     else:
         assert set(cfg.exp.panels) <= set(plots.PANELS)
-        if any("sharpness" in plots.PANELS[p].column for p in cfg.exp.panels):  # measured at t = 0, k, 2k, … < T
-            drawn = (cfg.train.steps - 1) // cfg.sharpness.every if cfg.sharpness.every else 0  # t = 0 is off the log axis
+        if any("sharpness" in plots.PANELS[p].column for p in cfg.exp.panels):
+            # measured at t = 0, k, 2k, … < T; t = 0 is off the log step axis
+            drawn = (cfg.train.steps - 1) // cfg.sharpness.every if cfg.sharpness.every else 0
             assert drawn >= 2, "the sharpness panel would draw no line"
 
 
