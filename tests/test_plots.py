@@ -34,10 +34,9 @@ def test_every_experiment_composes(name):
         assert set(values) <= set(plots.VALUE_LABELS) and cfg.exp.x in plots.AXIS_LABELS
     else:
         assert set(cfg.exp.panels) <= set(plots.PANELS)
-        if any("sharpness" in plots.PANELS[p].column for p in cfg.exp.panels):
-            # measured at t = 0, k, 2k, … < T; t = 0 is off the log step axis
-            drawn = (cfg.train.steps - 1) // cfg.sharpness.every if cfg.sharpness.every else 0
-            assert drawn >= 2, "the sharpness panel would draw no line"
+        if any("sharpness" in plots.PANELS[p].column for p in cfg.exp.panels):  # measured at t = 0, k, 2k, … < T
+            measured = (cfg.train.steps - 1) // cfg.sharpness.every + 1 if cfg.sharpness.every else 1
+            assert measured >= 3, "the sharpness panel would show λ₀ᴴ alone (or two points), not a curve"
 
 
 def kind(name) -> str:
@@ -257,12 +256,15 @@ def test_trajectory_rows_by_several_keys_give_a_row_per_combination(tmp_path):
     assert all(len([line for line in ax.lines if not line.get_label().startswith("_")]) == 2 for ax in fig.axes[::2])
 
 
-def test_a_quantity_measured_every_k_steps_is_drawn_with_dots(tmp_path):
+@pytest.mark.parametrize("every, samples", [(8, 8), (64, 1)])  # 64 of 64 steps: λ₀ᴴ alone, which a line would hide
+def test_a_quantity_measured_every_k_steps_is_drawn_with_dots(every, samples, tmp_path):
     write_record(tmp_path / "run", {"param": {"name": "sp"}, "schedule": {"warmup_steps": 16}, "exp": TRAJECTORY},
-                 warmup_metrics(0.01, 16, 1.0, every=8))
+                 warmup_metrics(0.01, 16, 1.0, every=every))
     loss, sharpness = plots.experiment_figure(tmp_path)[0].axes
     assert loss.lines[0].get_marker() == "None" and sharpness.lines[0].get_marker() == "."
-    assert len(sharpness.lines[0].get_xdata()) == 8
+    assert len(sharpness.lines[0].get_xdata()) == samples
+    low, high = sharpness.get_ylim()
+    assert low < 1.0 < high
 
 
 def test_the_persistent_catapult_is_drawn_on_top_thick_in_its_own_colour_and_named(tmp_path):

@@ -107,8 +107,8 @@ def _colors(runs: list[Run], color_by: str) -> dict:
 
 def _sampled(steps: pd.Series, logged: pd.Series) -> bool:
     """A column measured every k > 1 logged steps (λᴴ with sharpness.every = k): drawn with dots as well, so that
-    the line reads as joining samples."""
-    return len(steps) > 1 and np.median(np.diff(steps)) > np.median(np.diff(logged))
+    the line reads as joining samples; so is a column measured once (λ₀ᴴ alone), which a line would not show."""
+    return len(steps) == 1 or (len(steps) > 1 and np.median(np.diff(steps)) > np.median(np.diff(logged)))
 
 
 def _draw_run(axes, panels: list[Panel], run: Run, color, label: str) -> None:
