@@ -124,7 +124,8 @@ class Embed(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         check_parameterization(self.parameterization)
         fan_out = self.features
-        variance = self.variance or (1.0 / fan_out if self.parameterization == "mup" else 1.0)
+        rule = 1.0 / fan_out if self.parameterization == "mup" else 1.0
+        variance = rule if self.variance is None else self.variance
         # jax's truncated_normal takes the std before truncation at ±2; this factor makes the variance exact.
         init = jax.nn.initializers.truncated_normal(math.sqrt(variance) / _TRUNCATED_STD)
         kernel = self.param("kernel", init, (self.num_embeddings, fan_out), self.param_dtype)
