@@ -380,7 +380,8 @@ def test_cpu_titles_name_the_data_model_and_batch_that_ran(name):
     axes = {cfg.exp.get(k) for k in ("color_by", "rows_by", "cols_by", "x", "y")}
     # a swept key the figure plots (by its config key or its collected column) is a trend; one it does not, a pin
     trend = lambda key: key in swept and bool({key, key.rsplit(".", 1)[-1]} & axes)
-    width = "n" if trend("model.width") else model.width  # a trend over the width names it n, over the data N
+    # a trend over the width names it n (a WRN's widening factor k), over the data N
+    width = ("k" if model.name == "wrn" else "n") if trend("model.width") else model.width
     examples = "N" if trend("data.num_examples") else data.get("num_examples")
     assert title.startswith("Fig. ") and "CPU scale" in title
     assert {"fcn": f"FCN-{model.depth}-{width}", "wrn": f"WRN-{model.depth}-{width}",
